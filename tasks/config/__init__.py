@@ -1,0 +1,1 @@
+"""Typed configuration loaded from the YAML files in ``config/``."""

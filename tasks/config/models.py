@@ -1,0 +1,86 @@
+"""Typed models of pipeline.yaml, sources.yaml and destinations.yaml."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasks import settings
+from tasks.config.loader import load_model
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineConfig(Strict):
+    business_timezone: str = "Asia/Ho_Chi_Minh"
+    lake_root: str = "lake"
+    outbox_root: str = "outbox"
+    quarantine_alert_share: float = Field(0.02, ge=0, le=1)
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Ho_Chi_Minh") from None
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.business_timezone)
+
+    @property
+    def lake_path(self) -> Path:
+        return settings.resolve(self.lake_root)
+
+    @property
+    def outbox_path(self) -> Path:
+        return settings.resolve(self.outbox_root)
+
+
+class SourceConfig(Strict):
+    """One configured source; ``kind`` picks the registered class, ``options`` are its settings."""
+
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class SourcesConfig(Strict):
+    sources: dict[str, SourceConfig]
+
+
+class DestinationConfig(Strict):
+    kind: str
+    segments: list[str] | Literal["all"] = "all"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DestinationsConfig(Strict):
+    destinations: dict[str, DestinationConfig]
+
+
+class AppConfig:
+    """All config files of one config folder, loaded lazily so a task reads only what it needs."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or settings.config_dir()
+
+    @cached_property
+    def pipeline(self) -> PipelineConfig:
+        return load_model(self.directory / "pipeline.yaml", PipelineConfig)
+
+    @cached_property
+    def sources(self) -> SourcesConfig:
+        return load_model(self.directory / "sources.yaml", SourcesConfig)
+
+    @cached_property
+    def destinations(self) -> DestinationsConfig:
+        return load_model(self.directory / "destinations.yaml", DestinationsConfig)

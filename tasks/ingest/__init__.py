@@ -1,0 +1,1 @@
+"""Sources: small classes behind one protocol, registered by kind and chosen in sources.yaml."""

@@ -1,0 +1,1 @@
+"""Normalization of identifiers and places before they are compared or exported."""

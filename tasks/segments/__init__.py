@@ -1,0 +1,1 @@
+"""Segments: marketer-readable rules compiled to engine expressions."""

@@ -1,0 +1,78 @@
+"""Canonical tables: the shape every source is mapped into before validation.
+
+Declaring columns, types and primary keys once lets extraction, casting, validation and the
+feature SQL agree on names, and lets a source be swapped without touching anything downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ColumnType = Literal["string", "integer", "number", "boolean", "date", "timestamp"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: dict[str, ColumnType]
+    primary_key: tuple[str, ...]
+    required: tuple[str, ...] = field(default=())
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return self.required or tuple(self.columns)
+
+
+TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in (
+        TableSpec(
+            "stores",
+            {"store_id": "string", "name": "string", "province": "string",
+             "latitude": "number", "longitude": "number", "opened_on": "date"},
+            ("store_id",),
+        ),
+        TableSpec(
+            "products",
+            {"product_id": "string", "name": "string", "category": "string", "price_vnd": "integer"},
+            ("product_id",),
+        ),
+        TableSpec(
+            "orders",
+            {"order_id": "string", "customer_id": "string", "store_id": "string", "channel": "string",
+             "ordered_at": "timestamp", "subtotal_vnd": "integer", "discount_vnd": "integer",
+             "total_vnd": "integer", "updated_at": "timestamp"},
+            ("order_id",),
+        ),
+        TableSpec(
+            "order_lines",
+            {"order_id": "string", "line_no": "integer", "product_id": "string", "quantity": "integer",
+             "unit_price_vnd": "integer", "discount_vnd": "integer", "line_total_vnd": "integer"},
+            ("order_id", "line_no"),
+        ),
+        TableSpec(
+            "contacts",
+            {"contact_id": "string", "customer_id": "string", "full_name": "string", "email": "string",
+             "phone": "string", "gender": "string", "birthday": "date", "province": "string",
+             "email_opt_in": "boolean", "sms_opt_in": "boolean", "ads_opt_in": "boolean",
+             "member_since": "date", "nps_score": "integer", "csat_score": "integer",
+             "updated_at": "timestamp"},
+            ("contact_id",),
+            required=("contact_id", "customer_id", "email", "phone", "email_opt_in", "ads_opt_in"),
+        ),
+        TableSpec(
+            "web_events",
+            {"event_at": "timestamp", "event_name": "string", "user_pseudo_id": "string",
+             "user_id": "string", "session_id": "integer", "page_location": "string",
+             "device_category": "string", "browser": "string", "traffic_source": "string",
+             "traffic_medium": "string", "item_ids": "string", "item_categories": "string"},
+            (),
+            required=("event_at", "event_name", "user_pseudo_id"),
+        ),
+    )
+}  # fmt: skip
+
+# Lineage columns every extractor adds: where a row came from, so any message can name it.
+SOURCE_COL = "_source"
+ROW_COL = "_row"

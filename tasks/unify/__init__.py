@@ -1,0 +1,1 @@
+"""Unify clean source tables into one profile per customer."""

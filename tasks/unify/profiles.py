@@ -1,0 +1,83 @@
+"""One profile per customer from CRM contacts and POS orders.
+
+The walking skeleton keys customers by the loyalty id (``customer_id``) that POS orders, CRM
+contacts and logged-in web events share; identity resolution across emails, phones and web ids
+(issue 4) replaces ``customer_key`` assignment here without changing the output's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tasks.lake import Lake
+from tasks.normalize.contact import normalize_email, normalize_phone
+from tasks.normalize.province import canonical_province
+from tasks.settings import RunWindow
+
+log = logging.getLogger(__name__)
+
+UNIFIED = "audiences"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Which source feeds a canonical table in this deployment (from sources.yaml)."""
+
+    source: str
+    table: str
+
+
+def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
+    latest = contacts.dropna(subset=["customer_id"]).sort_values("updated_at", na_position="first")
+    latest = latest.drop_duplicates("customer_id", keep="last")
+    prof = pd.DataFrame(
+        {
+            "customer_key": latest["customer_id"].astype("string"),
+            "customer_id": latest["customer_id"].astype("string"),
+            "full_name": latest["full_name"].astype("string"),
+            "email": latest["email"].map(lambda v: normalize_email(v) if isinstance(v, str) else None),
+            "phone": latest["phone"].map(lambda v: normalize_phone(v) if isinstance(v, str) else None),
+            "gender": latest["gender"].astype("string"),
+            "birthday": latest["birthday"],
+            "province": latest["province"].map(lambda v: canonical_province(v) if isinstance(v, str) else None),
+            "email_opt_in": latest["email_opt_in"],
+            "sms_opt_in": latest["sms_opt_in"],
+            "ads_opt_in": latest["ads_opt_in"],
+            "member_since": latest["member_since"],
+            "nps_latest": latest["nps_score"],
+            "csat_latest": latest["csat_score"],
+        }
+    )
+    buyers = pd.Index(orders["customer_id"].dropna().unique()).difference(pd.Index(prof["customer_id"]))
+    if len(buyers):
+        # POS-only customers (no CRM contact yet) still get a profile; their attributes stay empty.
+        extra = pd.DataFrame({"customer_key": buyers.astype("string"), "customer_id": buyers.astype("string")})
+        prof = pd.concat([prof, extra], ignore_index=True)
+    for col in ("email", "phone", "province"):
+        prof[col] = prof[col].astype("string")
+    for col in ("email_opt_in", "sms_opt_in", "ads_opt_in"):
+        prof[col] = prof[col].astype("boolean").fillna(False)
+    return prof.sort_values("customer_key").reset_index(drop=True)
+
+
+def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str, int]:
+    day = window.run_date
+    contacts = lake.read("clean", refs["contacts"].source, "contacts", day)
+    orders = lake.read("clean", refs["orders"].source, "orders", day)
+    profiles = build_profiles(contacts, orders)
+    lake.write("unified", UNIFIED, "customers", day, profiles)
+    lines = lake.read("clean", refs["order_lines"].source, "order_lines", day)
+    products = lake.read("clean", refs["products"].source, "products", day)
+    purchases = (
+        lines.merge(orders[["order_id", "customer_id", "ordered_at"]], on="order_id", how="inner")
+        .merge(products[["product_id", "category"]], on="product_id", how="left")
+        .rename(columns={"customer_id": "customer_key"})
+    )
+    purchases = purchases[["customer_key", "order_id", "ordered_at", "product_id", "category", "line_total_vnd"]]
+    lake.write("unified", UNIFIED, "purchases", day, purchases)
+    orphan_lines = len(lines) - len(purchases)
+    log.info("unified %d customer profiles, %d purchase lines", len(profiles), len(purchases))
+    return {"customers": len(profiles), "purchase_lines": len(purchases), "lines_without_clean_order": orphan_lines}

@@ -1,0 +1,1 @@
+"""Cast raw rows to canonical types, validate them with Great Expectations, quarantine failures."""
