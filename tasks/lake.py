@@ -16,7 +16,7 @@ from typing import Literal
 
 import pandas as pd
 
-Zone = Literal["raw", "clean", "quarantine", "unified", "features", "segments", "validation"]
+Zone = Literal["raw", "clean", "quarantine", "unified", "features", "segments", "validation", "runs"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ class Strict(BaseModel):
 class PipelineConfig(Strict):
     business_timezone: str = "Asia/Ho_Chi_Minh"
     lake_root: str = "lake"
-    outbox_root: str = "outbox"
     quarantine_alert_share: float = Field(0.02, ge=0, le=1)
 
     @field_validator("business_timezone")
@@ -39,10 +38,6 @@ class PipelineConfig(Strict):
     @property
     def lake_path(self) -> Path:
         return settings.resolve(self.lake_root)
-
-    @property
-    def outbox_path(self) -> Path:
-        return settings.resolve(self.outbox_root)
 
 
 class SourceConfig(Strict):

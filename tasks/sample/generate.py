@@ -875,9 +875,10 @@ def _web_events(
     src_weights = [w for _, w in TRAFFIC_SOURCES]
     dev_items = [d for d, _ in DEVICES]
     dev_weights = [w for _, w in DEVICES]
-    # UTC hours: Vietnamese daytime (UTC 0-16) dominates, night traffic is thin.
-    utc_hours = list(range(23))
-    hour_weights = [3, 4, 5, 5, 5, 5, 6, 6, 6, 5, 5, 6, 7, 8, 8, 7, 4, 2, 1, 0.5, 0.5, 0.5, 1]  # fmt: skip
+    # Local (Vietnam) hours 00-22: daytime and evening dominate. GA4 dates events in the property's
+    # time zone, so each daily file holds one Vietnamese business day and nothing after it.
+    local_hours = list(range(23))
+    hour_weights = [0.5, 0.3, 0.2, 0.2, 0.3, 0.5, 1, 3, 4, 5, 5, 5, 5, 6, 6, 6, 5, 5, 6, 7, 8, 8, 7]  # fmt: skip
     sessions_per_day = max(5, round(105 * scale))
 
     per_file: dict[str, list[dict[str, Any]]] = {}
@@ -897,7 +898,7 @@ def _web_events(
                     anon_pool,
                     (src_items, src_weights),
                     (dev_items, dev_weights),
-                    (utc_hours, hour_weights),
+                    (local_hours, hour_weights),
                 )
             )
         file_events.sort(key=lambda e: e["event_timestamp"])
@@ -971,7 +972,7 @@ def _session(
     }
     source, medium, campaign = rng.choices(sources[0], weights=sources[1], k=1)[0]
     hour = rng.choices(hours[0], weights=hours[1], k=1)[0]
-    start = _utc_midnight(day) + dt.timedelta(
+    start = _utc_midnight(day) - VN_OFFSET + dt.timedelta(
         hours=hour,
         minutes=rng.randrange(60),
         seconds=rng.randrange(60),

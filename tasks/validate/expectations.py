@@ -78,10 +78,14 @@ def load_suite(table: str) -> dict[str, Any]:
     return suite
 
 
-@lru_cache(maxsize=1)
-def _context() -> Any:
+def _quiet() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+@lru_cache(maxsize=1)
+def _context() -> Any:
+    _quiet()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -92,6 +96,7 @@ def _context() -> Any:
 
 
 def run_suite(table: str, frame: pd.DataFrame, parameters: dict[str, Any]) -> SuiteOutcome:
+    _quiet()
     import great_expectations as gx
 
     suite_doc = load_suite(table)
@@ -99,8 +104,8 @@ def run_suite(table: str, frame: pd.DataFrame, parameters: dict[str, Any]) -> Su
     name = f"{table}-{id(frame)}"
     data_source = context.data_sources.add_or_update_pandas(name)
     batch_def = data_source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-    suite = gx.ExpectationSuite(name=name, expectations=suite_doc["expectations"])
-    validation = gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=suite_doc["expectations"]))
+    validation = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
     data = frame.reset_index(drop=True).assign(**{INDEX_COL: range(len(frame))})
     try:
         result = validation.run(
@@ -109,6 +114,8 @@ def run_suite(table: str, frame: pd.DataFrame, parameters: dict[str, Any]) -> Su
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [INDEX_COL]},
         )
     finally:
+        context.validation_definitions.delete(name)
+        context.suites.delete(name)
         context.data_sources.delete(name)
     positions = frame.index.to_numpy()
     outcome = SuiteOutcome(table)

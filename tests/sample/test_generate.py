@@ -203,7 +203,8 @@ def test_only_manifest_rows_are_bad(data: SampleData, out_dir: pathlib.Path) -> 
     for path in sorted((out_dir / "web").glob("events_*.ndjson")):
         source = f"web/{path.name}"
         day = dt.datetime.strptime(path.stem.removeprefix("events_"), "%Y%m%d")
-        lo = int(day.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+        # Files hold one Vietnamese (UTC+7) day, as a GA4 property in Asia/Ho_Chi_Minh exports them.
+        lo = (int(day.replace(tzinfo=dt.UTC).timestamp()) - 7 * 3600) * 1_000_000
         hi = lo + 86_400 * 1_000_000
         for n, line in enumerate(
             path.read_text(encoding="utf-8").splitlines(), start=1

@@ -1,0 +1,109 @@
+"""`audiences`: generate sample data, run the DAG for a date, or do both as a demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tasks import settings
+
+DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+
+
+def _yesterday() -> date:
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo(DEFAULT_TZ)).date() - timedelta(days=1)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-24") from None
+
+
+def cmd_generate(end_date: date, scale: float, seed: int, out: Path) -> dict[str, Any]:
+    from tasks.sample import generate, injected_counts, write
+
+    started = time.monotonic()
+    print(f"Generating sample data (scale {scale}, seed {seed}, ending {end_date}) into {out} ...", flush=True)
+    data = generate(end_date=end_date, scale=scale, seed=seed)
+    rows = write(data, out)
+    bad = injected_counts(data)
+    print(f"  wrote {', '.join(f'{t}={n:,}' for t, n in rows.items())} in {time.monotonic() - started:.1f}s")
+    print(f"  injected bad rows: {', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}")
+    return {"rows": rows, "injected": bad}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nRun for business date {summary['run_date']} (as of {summary['as_of']})")
+    print(f"\n  {'source.table':<24}{'rows':>9}{'loaded':>9}{'quarantined':>13}  reasons")
+    for t in summary["tables"]:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(t["reasons"].items())) or "-"
+        flag = "  <- over alert share" if t["over_alert_share"] else ""
+        print(f"  {t['source'] + '.' + t['table']:<24}{t['rows']:>9,}{t['loaded']:>9,}{t['quarantined']:>13,}  {reasons}{flag}")
+    print(f"\n  {'segment':<24}{'members':>9}  file")
+    for s in summary["segments"]:
+        print(f"  {s['segment']:<24}{s['members']:>9,}  {s['location']}")
+    print(f"\n  quarantined rows (with reasons): {summary['quarantine']}")
+
+
+def cmd_run(run_date: date) -> int:
+    from tasks.runner import run_dag
+
+    started = time.monotonic()
+    print(f"Running DAG customer_segments for {run_date} (home: {settings.home()}) ...", flush=True)
+    outcome = run_dag(run_date)
+    elapsed = time.monotonic() - started
+    if outcome.state != "success":
+        print(f"\nDAG run {outcome.state} after {elapsed:.0f}s. Failed or blocked tasks: {', '.join(outcome.failed_tasks)}",
+              file=sys.stderr)  # fmt: skip
+        print("The task log above says why; a failed quality_gate means source data must be fixed first "
+              "(see the quarantine and validation zones of the lake). Re-run the same date when fixed.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from tasks.config.models import AppConfig
+    from tasks.lake import Lake
+    from tasks.pipeline import RUNS
+
+    lake = Lake(AppConfig().pipeline.lake_path)
+    summary_file = lake.partition("runs", RUNS, "summary", run_date) / "summary.json"
+    print_summary(json.loads(summary_file.read_text(encoding="utf-8")))
+    print(f"\nDone in {elapsed:.0f}s.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="audiences", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="write realistic sample sources (POS DB, GA4 files, CRM CSV)")
+    run = sub.add_parser("run", help="run the DAG in-process for one business date")
+    demo = sub.add_parser("demo", help="generate sample data and run the DAG for it")
+    for p in (gen, demo):
+        p.add_argument("--scale", type=float, default=1.0, help="1.0 = about 2,000 customers")
+        p.add_argument("--seed", type=int, default=42)
+    for p in (gen, run, demo):
+        p.add_argument("--date", type=_date, default=None, help="business date (default: yesterday, Asia/Ho_Chi_Minh)")
+    gen.add_argument("--out", type=Path, default=None, help="folder (default: $AUDIENCES_HOME/sample)")
+    args = parser.parse_args(argv)
+    day = args.date or _yesterday()
+    try:
+        if args.command == "generate":
+            cmd_generate(day, args.scale, args.seed, args.out or settings.home() / "sample")
+            return 0
+        if args.command == "demo":
+            cmd_generate(day, args.scale, args.seed, settings.home() / "sample")
+        return cmd_run(day)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

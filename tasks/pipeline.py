@@ -1,0 +1,184 @@
+"""The pipeline's stages as plain functions with JSON-friendly arguments and results.
+
+The DAG in ``dags/`` calls exactly these and nothing else, so every stage can be run and tested
+without Airflow, and the Airflow task graph stays a thin wiring layer (ARCHITECTURE decision 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, datetime
+from typing import Any
+
+import pandas as pd
+
+from tasks.config.models import AppConfig
+from tasks.destinations.base import build_destination
+from tasks.features.build import build_features
+from tasks.ingest.base import build_source
+from tasks.lake import Lake
+from tasks.settings import RunWindow
+from tasks.tables import TABLES
+from tasks.unify.profiles import TableRef, unify
+
+log = logging.getLogger(__name__)
+
+RUNS = "audiences"
+UNPARSED_SUFFIX = "__unparsed"
+
+
+class QualityGateError(RuntimeError):
+    """A critical expectation failed: nothing may be delivered from this run."""
+
+
+def _config() -> AppConfig:
+    return AppConfig()
+
+
+def _lake(cfg: AppConfig) -> Lake:
+    return Lake(cfg.pipeline.lake_path)
+
+
+def _window(cfg: AppConfig, run_date: str) -> RunWindow:
+    return RunWindow(date.fromisoformat(run_date), cfg.pipeline.tz)
+
+
+def run_date_for(interval_end: datetime) -> str:
+    """Business date a DAG run answers for, from its data interval end."""
+    return RunWindow.from_interval_end(interval_end, _config().pipeline.tz).run_date.isoformat()
+
+
+def source_tables() -> list[dict[str, str]]:
+    """Every (source, canonical table) pair to extract, from sources.yaml."""
+    cfg = _config()
+    pairs: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for name, src_cfg in cfg.sources.sources.items():
+        if not src_cfg.enabled:
+            continue
+        source = build_source(name, src_cfg, cfg.directory / "sources.yaml")
+        for table in source.tables():
+            if table not in TABLES:
+                raise ValueError(
+                    f"{cfg.directory / 'sources.yaml'}: sources.{name} maps to unknown table {table!r}; "
+                    f"canonical tables are {', '.join(TABLES)}"
+                )
+            if table in seen:
+                raise ValueError(
+                    f"{cfg.directory / 'sources.yaml'}: table {table!r} comes from both {seen[table]!r} and {name!r}"
+                )
+            seen[table] = name
+            pairs.append({"source": name, "table": table})
+    missing = sorted(set(TABLES) - set(seen))
+    if missing:
+        raise ValueError(f"{cfg.directory / 'sources.yaml'}: no source provides table(s) {', '.join(missing)}")
+    return pairs
+
+
+def _refs() -> dict[str, TableRef]:
+    return {p["table"]: TableRef(p["source"], p["table"]) for p in source_tables()}
+
+
+def extract(source: str, table: str, run_date: str) -> dict[str, Any]:
+    cfg = _config()
+    lake = _lake(cfg)
+    window = _window(cfg, run_date)
+    src = build_source(source, cfg.sources.sources[source], cfg.directory / "sources.yaml")
+    result = src.extract(table, window)
+    lake.write("raw", source, table, window.run_date, result.frame)
+    # Lines that could not even be parsed keep their raw text in quarantine; nothing is dropped.
+    lake.write("quarantine", source, table + UNPARSED_SUFFIX, window.run_date, pd.DataFrame(result.rejects))
+    log.info("extracted %s.%s: %d rows, %d unparseable", source, table, len(result.frame), len(result.rejects))
+    return {"source": source, "table": table, "rows": len(result.frame), "unparsed": len(result.rejects)}
+
+
+def validate(source: str, table: str, run_date: str) -> dict[str, Any]:
+    from tasks.validate.stage import validate_table
+
+    cfg = _config()
+    report = validate_table(_lake(cfg), source, table, _window(cfg, run_date))
+    return {k: report[k] for k in ("source", "table", "rows", "clean", "quarantined", "quarantine_reasons",
+                                   "critical_failures", "warnings")}  # fmt: skip
+
+
+def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    failures = [
+        f"{r['source']}.{r['table']}: {f['name']} ({f['error'] or str(f['failed_rows']) + ' failing rows'})"
+        for r in reports
+        for f in r["critical_failures"]
+    ]
+    if failures:
+        raise QualityGateError(
+            "critical data-quality failure; no segment will be delivered for this run:\n  "
+            + "\n  ".join(failures)
+            + "\nInspect the quarantine zone and the validation results in the lake, fix the source, then re-run the date."
+        )
+    return {"tables": len(reports), "warnings": sum(len(r["warnings"]) for r in reports)}
+
+
+def build_unified(run_date: str) -> dict[str, int]:
+    cfg = _config()
+    return unify(_lake(cfg), _window(cfg, run_date), _refs())
+
+
+def features(run_date: str) -> dict[str, int]:
+    cfg = _config()
+    return build_features(_lake(cfg), _window(cfg, run_date), _refs())
+
+
+def segments(run_date: str) -> list[str]:
+    from tasks.segments.evaluate import evaluate, load_segments
+
+    cfg = _config()
+    counts = evaluate(_lake(cfg), _window(cfg, run_date), load_segments(cfg.directory))
+    return list(counts)
+
+
+def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
+    from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
+    from tasks.segments.evaluate import MEMBERSHIP_TABLE, load_segments
+
+    cfg = _config()
+    lake = _lake(cfg)
+    window = _window(cfg, run_date)
+    seg = load_segments(cfg.directory).get(segment)
+    members = lake.read("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, window.run_date)
+    keys = members.loc[members["segment"] == segment, "customer_key"]
+    feats = lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, window.run_date)
+    audience = feats[feats["customer_key"].isin(keys)].sort_values("customer_key").reset_index(drop=True)
+    out = []
+    for name, dest_cfg in cfg.destinations.destinations.items():
+        if dest_cfg.segments != "all" and segment not in dest_cfg.segments:
+            continue
+        dest = build_destination(name, dest_cfg, cfg.directory / "destinations.yaml")
+        d = dest.deliver(segment, seg.title, audience, window)
+        log.info("delivered segment %s to %s: %d members", segment, name, d.members)
+        out.append({"destination": d.destination, "segment": d.segment, "members": d.members, "location": d.location})
+    return out
+
+
+def summarize(run_date: str, extracts: list[dict[str, Any]], reports: list[dict[str, Any]],
+              deliveries: list[list[dict[str, Any]]]) -> dict[str, Any]:  # fmt: skip
+    cfg = _config()
+    lake = _lake(cfg)
+    window = _window(cfg, run_date)
+    unparsed = {(e["source"], e["table"]): e["unparsed"] for e in extracts}
+    share = cfg.pipeline.quarantine_alert_share
+    tables = []
+    for r in sorted(reports, key=lambda r: (r["source"], r["table"])):
+        bad = r["quarantined"] + unparsed.get((r["source"], r["table"]), 0)
+        tables.append({"source": r["source"], "table": r["table"], "rows": r["rows"], "loaded": r["clean"],
+                       "quarantined": bad, "reasons": r["quarantine_reasons"],
+                       "over_alert_share": bool(r["rows"]) and bad / max(r["rows"], 1) > share})  # fmt: skip
+    summary = {
+        "run_date": window.run_date.isoformat(),
+        "as_of": window.as_of.isoformat(),
+        "tables": tables,
+        "segments": [d for per_segment in deliveries for d in per_segment],
+        "quarantine": str(lake.root / "quarantine"),
+    }
+    folder = lake.partition("runs", RUNS, "summary", window.run_date)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return summary
