@@ -12,15 +12,15 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
-from tasks.config.models import AppConfig
-
 def _as_list(values: Any) -> list[Any]:
     """Materialize a mapped task's results by index (iterating probes past the end and logs a 404)."""
     return [values[i] for i in range(len(values))]
 
 
 RETRIES = int(os.environ.get("AUDIENCES_TASK_RETRIES", "2"))
-TIMEZONE = AppConfig().pipeline.business_timezone
+# Parsing reads no files: the schedule's zone comes from the environment, and resolve_run checks
+# it against pipeline.yaml's business_timezone so the two cannot silently disagree.
+TIMEZONE = os.environ.get("AUDIENCES_TIMEZONE", "Asia/Ho_Chi_Minh")
 
 
 @dag(
@@ -41,7 +41,7 @@ def customer_segments() -> None:
         from tasks import pipeline
 
         assert data_interval_end is not None
-        return pipeline.run_date_for(data_interval_end)
+        return pipeline.run_date_for(data_interval_end, schedule_timezone=TIMEZONE)
 
     @task
     def list_source_tables() -> list[dict[str, str]]:

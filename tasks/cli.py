@@ -64,6 +64,8 @@ def cmd_run(run_date: date) -> int:
     if outcome.state != "success":
         print(f"\nDAG run {outcome.state} after {elapsed:.0f}s. Failed or blocked tasks: {', '.join(outcome.failed_tasks)}",
               file=sys.stderr)  # fmt: skip
+        states = ", ".join(f"{task}={state}" for task, state in sorted(outcome.task_states.items()))
+        print(f"Task states: {states}", file=sys.stderr)
         print("The task log above says why; a failed quality_gate means source data must be fixed first "
               "(see the quarantine and validation zones of the lake). Re-run the same date when fixed.",
               file=sys.stderr)  # fmt: skip

@@ -44,9 +44,15 @@ def _window(cfg: AppConfig, run_date: str) -> RunWindow:
     return RunWindow(date.fromisoformat(run_date), cfg.pipeline.tz)
 
 
-def run_date_for(interval_end: datetime) -> str:
+def run_date_for(interval_end: datetime, schedule_timezone: str) -> str:
     """Business date a DAG run answers for, from its data interval end."""
-    return RunWindow.from_interval_end(interval_end, _config().pipeline.tz).run_date.isoformat()
+    cfg = _config()
+    if schedule_timezone != cfg.pipeline.business_timezone:
+        raise ValueError(
+            f"{cfg.directory / 'pipeline.yaml'}: business_timezone is {cfg.pipeline.business_timezone!r} but the DAG "
+            f"is scheduled in {schedule_timezone!r}; set AUDIENCES_TIMEZONE to the same zone for the scheduler"
+        )
+    return RunWindow.from_interval_end(interval_end, cfg.pipeline.tz).run_date.isoformat()
 
 
 def source_tables() -> list[dict[str, str]]:
