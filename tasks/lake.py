@@ -41,15 +41,17 @@ class Lake:
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex}")
         staging.mkdir()
+        retired = None
         try:
             frame.to_parquet(staging / "part-00000.parquet", index=False)
-            retired = None
             if final.exists():
                 retired = final.with_name(f".retired-{final.name}-{uuid.uuid4().hex}")
                 final.rename(retired)
             staging.rename(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if retired is not None and retired.exists() and not final.exists():
+                retired.rename(final)  # put the previous partition back: never leave the date empty
             raise
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
