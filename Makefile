@@ -23,14 +23,14 @@ install-dev: $(UV)
 demo: install
 	@$(VENV)/bin/audiences demo || { echo "error: the demo failed; the messages above say which step and what to fix" >&2; exit 1; }
 
-test: install-dev
+test: install-dev lint
 	@$(VENV)/bin/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 0; fi; exit $$rc
 
 lint: install-dev
-	$(VENV)/bin/ruff check tasks dags tests bench
-	$(VENV)/bin/ruff format --check tasks dags tests bench
-	$(VENV)/bin/mypy
+	@$(VENV)/bin/ruff check --quiet tasks dags tests bench
+	@$(VENV)/bin/ruff format --check --quiet tasks dags tests bench
+	@$(VENV)/bin/mypy
 
 bench: install-dev
 	$(VENV)/bin/python -m bench.run

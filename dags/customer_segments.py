@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
+
 def _as_list(values: Any) -> list[Any]:
     """Materialize a mapped task's results by index (iterating probes past the end and logs a 404)."""
     return [values[i] for i in range(len(values))]

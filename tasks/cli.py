@@ -47,7 +47,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     for t in summary["tables"]:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(t["reasons"].items())) or "-"
         flag = "  <- over alert share" if t["over_alert_share"] else ""
-        print(f"  {t['source'] + '.' + t['table']:<24}{t['rows']:>9,}{t['loaded']:>9,}{t['quarantined']:>13,}  {reasons}{flag}")
+        print(
+            f"  {t['source'] + '.' + t['table']:<24}{t['rows']:>9,}{t['loaded']:>9,}{t['quarantined']:>13,}"
+            f"  {reasons}{flag}"
+        )
     print(f"\n  {'segment':<24}{'members':>9}  file")
     for s in summary["segments"]:
         print(f"  {s['segment']:<24}{s['members']:>9,}  {s['location']}")
@@ -62,13 +65,18 @@ def cmd_run(run_date: date) -> int:
     outcome = run_dag(run_date)
     elapsed = time.monotonic() - started
     if outcome.state != "success":
-        print(f"\nDAG run {outcome.state} after {elapsed:.0f}s. Failed or blocked tasks: {', '.join(outcome.failed_tasks)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\nDAG run {outcome.state} after {elapsed:.0f}s. "
+            f"Failed or blocked tasks: {', '.join(outcome.failed_tasks)}",
+            file=sys.stderr,
+        )
         states = ", ".join(f"{task}={state}" for task, state in sorted(outcome.task_states.items()))
         print(f"Task states: {states}", file=sys.stderr)
-        print("The task log above says why; a failed quality_gate means source data must be fixed first "
-              "(see the quarantine and validation zones of the lake). Re-run the same date when fixed.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "The task log above says why; a failed quality_gate means source data must be fixed first "
+            "(see the quarantine and validation zones of the lake). Re-run the same date when fixed.",
+            file=sys.stderr,
+        )
         return 1
     from tasks.config.models import AppConfig
     from tasks.lake import Lake

@@ -104,8 +104,19 @@ def validate(source: str, table: str, run_date: str) -> dict[str, Any]:
 
     cfg = _config()
     report = validate_table(_lake(cfg), source, table, _window(cfg, run_date))
-    return {k: report[k] for k in ("source", "table", "rows", "clean", "quarantined", "quarantine_reasons",
-                                   "critical_failures", "warnings")}  # fmt: skip
+    return {
+        k: report[k]
+        for k in (
+            "source",
+            "table",
+            "rows",
+            "clean",
+            "quarantined",
+            "quarantine_reasons",
+            "critical_failures",
+            "warnings",
+        )
+    }
 
 
 def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -118,7 +129,8 @@ def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         raise QualityGateError(
             "critical data-quality failure; no segment will be delivered for this run:\n  "
             + "\n  ".join(failures)
-            + "\nInspect the quarantine zone and the validation results in the lake, fix the source, then re-run the date."
+            + "\nInspect the quarantine zone and the validation results in the lake, "
+            "fix the source, then re-run the date."
         )
     return {"tables": len(reports), "warnings": sum(len(r["warnings"]) for r in reports)}
 
@@ -164,8 +176,9 @@ def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(run_date: str, extracts: list[dict[str, Any]], reports: list[dict[str, Any]],
-              deliveries: list[list[dict[str, Any]]]) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    run_date: str, extracts: list[dict[str, Any]], reports: list[dict[str, Any]], deliveries: list[list[dict[str, Any]]]
+) -> dict[str, Any]:
     cfg = _config()
     lake = _lake(cfg)
     window = _window(cfg, run_date)
@@ -174,9 +187,17 @@ def summarize(run_date: str, extracts: list[dict[str, Any]], reports: list[dict[
     tables = []
     for r in sorted(reports, key=lambda r: (r["source"], r["table"])):
         bad = r["quarantined"] + unparsed.get((r["source"], r["table"]), 0)
-        tables.append({"source": r["source"], "table": r["table"], "rows": r["rows"], "loaded": r["clean"],
-                       "quarantined": bad, "reasons": r["quarantine_reasons"],
-                       "over_alert_share": bool(r["rows"]) and bad / max(r["rows"], 1) > share})  # fmt: skip
+        tables.append(
+            {
+                "source": r["source"],
+                "table": r["table"],
+                "rows": r["rows"],
+                "loaded": r["clean"],
+                "quarantined": bad,
+                "reasons": r["quarantine_reasons"],
+                "over_alert_share": bool(r["rows"]) and bad / max(r["rows"], 1) > share,
+            }
+        )
     summary = {
         "run_date": window.run_date.isoformat(),
         "as_of": window.as_of.isoformat(),

@@ -13,14 +13,31 @@ def load() -> dict:
 
 def test_topology_has_every_service() -> None:
     services = load()["services"]
-    expected = {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "minio", "minio-init", "mailpit"}  # fmt: skip
+    expected = {
+        "postgres",
+        "redis",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "minio",
+        "minio-init",
+        "mailpit",
+    }
     assert expected <= set(services)
 
 
 def test_airflow_services_run_celery_on_postgres_and_redis_after_init() -> None:
     services = load()["services"]
-    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+    for name in (
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+    ):
         svc = services[name]
         env = svc["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

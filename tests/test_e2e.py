@@ -71,8 +71,9 @@ def expected_members(data: SampleData) -> dict[str, set[str]]:
     orders["day"] = local_day(orders["ordered_at"])
     lines = data.order_lines.merge(orders[["order_id", "customer_id", "day"]], on="order_id")
     lines = lines.merge(data.products[["product_id", "category"]], on="product_id")
-    per_customer = orders.groupby("customer_id").agg(n=("order_id", "size"), spend=("total_vnd", "sum"),
-                                                     last=("day", "max"))  # fmt: skip
+    per_customer = orders.groupby("customer_id").agg(
+        n=("order_id", "size"), spend=("total_vnd", "sum"), last=("day", "max")
+    )
     recent = RUN_DATE - timedelta(days=90)
     backpack_from = RUN_DATE - timedelta(days=30)
     backpack = lines[(lines["category"] == "backpack") & (lines["day"] > backpack_from) & (lines["day"] <= RUN_DATE)]
@@ -108,8 +109,10 @@ def test_segment_files_carry_readable_vietnamese_and_e164_phones(run_home: Path)
 def test_quarantine_holds_exactly_the_injected_rows_with_their_reason(run_home: Path, data: SampleData) -> None:
     files = list((run_home / "lake" / "quarantine").glob(f"source=*/table=*/dt={RUN_DATE}/*.parquet"))
     quarantined = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    got = {(s, int(r)): reason for s, r, reason in zip(quarantined["_source"], quarantined["_row"],
-                                                        quarantined["_reason"], strict=True)}  # fmt: skip
+    got = {
+        (s, int(r)): reason
+        for s, r, reason in zip(quarantined["_source"], quarantined["_row"], quarantined["_reason"], strict=True)
+    }
     want = {(r.source, r.row): REASON_FOR_KIND[(r.table, r.kind)] for r in data.injected}
     assert set(got) == set(want), "quarantine must hold every injected bad row and no good row"
     for key, reason in want.items():

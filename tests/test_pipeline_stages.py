@@ -61,7 +61,9 @@ def test_summary_counts_loaded_and_quarantined_rows(sample_home: Path) -> None:
     assert by_table["orders"]["quarantined"] == 9
     assert by_table["orders"]["loaded"] + 9 == by_table["orders"]["rows"]
     assert by_table["contacts"]["reasons"] == {"contacts.email_well_formed": 3}
-    assert (sample_home / "lake" / "runs" / "source=audiences" / "table=summary" / f"dt={RUN}" / "summary.json").is_file()
+    assert (
+        sample_home / "lake" / "runs" / "source=audiences" / "table=summary" / f"dt={RUN}" / "summary.json"
+    ).is_file()
 
 
 def test_sources_must_cover_every_canonical_table(home: Path) -> None:

@@ -19,8 +19,19 @@ from tasks.features.catalog import BY_NAME, COLUMNS
 from tasks.segments.rules import suggest
 from tasks.settings import RunWindow
 
-DEFAULT_COLUMNS = ["customer_key", "full_name", "email", "phone", "province", "orders", "monetary_total",
-                   "last_purchase_at", "email_opt_in", "sms_opt_in", "ads_opt_in"]  # fmt: skip
+DEFAULT_COLUMNS = [
+    "customer_key",
+    "full_name",
+    "email",
+    "phone",
+    "province",
+    "orders",
+    "monetary_total",
+    "last_purchase_at",
+    "email_opt_in",
+    "sms_opt_in",
+    "ads_opt_in",
+]
 
 
 class CsvOutboxOptions(DestinationOptions):

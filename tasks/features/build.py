@@ -114,9 +114,7 @@ ORDER BY p.customer_key
 """
 
 
-def compute_features(
-    con: duckdb.DuckDBPyConnection, window: RunWindow
-) -> pd.DataFrame:
+def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow) -> pd.DataFrame:
     """Run the feature query on views ``customers``, ``orders`` and ``web_events`` already in ``con``."""
     params = {"tz": window.tz.key, "as_of": window.as_of, "run_date": window.run_date}
     frame = con.execute(_SQL, params).df()

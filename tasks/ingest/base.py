@@ -64,7 +64,9 @@ def build_source(name: str, cfg: SourceConfig, config_file: Path) -> Source:
     if cfg.kind not in REGISTRY:
         from tasks.segments.rules import suggest
 
-        raise ConfigError(config_file, [f"sources.{name}.kind: unknown kind {cfg.kind!r}" + suggest(cfg.kind, list(REGISTRY))])
+        raise ConfigError(
+            config_file, [f"sources.{name}.kind: unknown kind {cfg.kind!r}" + suggest(cfg.kind, list(REGISTRY))]
+        )
     cls: Any = REGISTRY[cfg.kind]
     try:
         options = cls.Options.model_validate(cfg.options)

@@ -55,8 +55,7 @@ def flatten(event: dict[str, Any]) -> dict[str, Any]:
         "traffic_source": traffic.get("source"),
         "traffic_medium": traffic.get("medium"),
         "item_ids": ",".join(str(i.get("item_id")) for i in items if i.get("item_id")) or None,
-        "item_categories": ",".join(str(i.get("item_category")) for i in items if i.get("item_category"))
-        or None,
+        "item_categories": ",".join(str(i.get("item_category")) for i in items if i.get("item_category")) or None,
     }
 
 
@@ -99,9 +98,13 @@ class Ga4Export:
                         row = flatten(json.loads(line))
                     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
                         rejects.append(
-                            {SOURCE_COL: label, ROW_COL: line_no, "_raw": line.rstrip("\n"),
-                             "_reason": f"unparseable GA4 event: {type(exc).__name__}: {exc}"}
-                        )  # fmt: skip
+                            {
+                                SOURCE_COL: label,
+                                ROW_COL: line_no,
+                                "_raw": line.rstrip("\n"),
+                                "_reason": f"unparseable GA4 event: {type(exc).__name__}: {exc}",
+                            }
+                        )
                         continue
                     row[SOURCE_COL] = label
                     row[ROW_COL] = line_no

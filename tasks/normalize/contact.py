@@ -8,7 +8,9 @@ import phonenumbers
 
 # Syntax only: DNS is unreachable from pipeline workers, and a deliverability check would reject
 # valid addresses there (platform-notes.md).
-_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$"
+)
 EMAIL_PATTERN = _EMAIL.pattern
 
 

@@ -229,27 +229,96 @@ PRODUCT_SPECS: dict[str, tuple[tuple[int, int], list[str], list[str]]] = {
 }
 
 FAMILY_NAMES = [
-    ("Nguyễn", 0.38), ("Trần", 0.11), ("Lê", 0.095), ("Phạm", 0.07), ("Hoàng", 0.05),
-    ("Huỳnh", 0.05), ("Phan", 0.045), ("Vũ", 0.04), ("Võ", 0.04), ("Đặng", 0.02),
-    ("Bùi", 0.02), ("Đỗ", 0.015), ("Hồ", 0.015), ("Ngô", 0.015), ("Dương", 0.01),
+    ("Nguyễn", 0.38),
+    ("Trần", 0.11),
+    ("Lê", 0.095),
+    ("Phạm", 0.07),
+    ("Hoàng", 0.05),
+    ("Huỳnh", 0.05),
+    ("Phan", 0.045),
+    ("Vũ", 0.04),
+    ("Võ", 0.04),
+    ("Đặng", 0.02),
+    ("Bùi", 0.02),
+    ("Đỗ", 0.015),
+    ("Hồ", 0.015),
+    ("Ngô", 0.015),
+    ("Dương", 0.01),
     ("Lý", 0.005),
-]  # fmt: skip
+]
 MIDDLE_MALE = ["Văn", "Minh", "Đức", "Hữu", "Thanh", "Quốc", "Hoàng", "Gia"]
 MIDDLE_FEMALE = ["Thị", "Ngọc", "Thanh", "Minh", "Thu", "Bảo", "Khánh", "Phương"]
 GIVEN_MALE = [
-    "An", "Bình", "Dũng", "Hùng", "Long", "Nam", "Phúc", "Quân", "Tú", "Khoa",
-    "Huy", "Tuấn", "Sơn", "Thắng", "Đạt", "Hiếu", "Khang", "Trung",
-]  # fmt: skip
+    "An",
+    "Bình",
+    "Dũng",
+    "Hùng",
+    "Long",
+    "Nam",
+    "Phúc",
+    "Quân",
+    "Tú",
+    "Khoa",
+    "Huy",
+    "Tuấn",
+    "Sơn",
+    "Thắng",
+    "Đạt",
+    "Hiếu",
+    "Khang",
+    "Trung",
+]
 GIVEN_FEMALE = [
-    "An", "Châu", "Hà", "Hạnh", "Lan", "Linh", "Mai", "Thảo", "Trang", "Vy",
-    "Tú", "Ngân", "Nhung", "Hương", "Yến", "Quỳnh", "Hoa", "Phương",
-]  # fmt: skip
+    "An",
+    "Châu",
+    "Hà",
+    "Hạnh",
+    "Lan",
+    "Linh",
+    "Mai",
+    "Thảo",
+    "Trang",
+    "Vy",
+    "Tú",
+    "Ngân",
+    "Nhung",
+    "Hương",
+    "Yến",
+    "Quỳnh",
+    "Hoa",
+    "Phương",
+]
 EMAIL_DOMAINS = ["example.com", "example.vn", "example.net"]
 PHONE_PREFIXES = [
-    "90", "91", "93", "94", "96", "97", "98", "32", "33", "34", "35", "36", "37",
-    "38", "39", "70", "76", "77", "78", "79", "81", "82", "83", "84", "85", "86",
-    "88", "89",
-]  # fmt: skip
+    "90",
+    "91",
+    "93",
+    "94",
+    "96",
+    "97",
+    "98",
+    "32",
+    "33",
+    "34",
+    "35",
+    "36",
+    "37",
+    "38",
+    "39",
+    "70",
+    "76",
+    "77",
+    "78",
+    "79",
+    "81",
+    "82",
+    "83",
+    "84",
+    "85",
+    "86",
+    "88",
+    "89",
+]
 MALFORMED_EMAILS = [
     "nguyen.van.a@@example.com",
     "tran thi b@example.vn",
@@ -326,9 +395,7 @@ def _local_shop_time(rng: random.Random, day: dt.date) -> dt.datetime:
         list(range(8, 22)),
         [1, 2, 3, 3, 4, 3, 3, 3, 4, 5, 6, 7, 6, 3],
     )
-    local = _utc_midnight(day) + dt.timedelta(
-        hours=hour, minutes=rng.randrange(60), seconds=rng.randrange(60)
-    )
+    local = _utc_midnight(day) + dt.timedelta(hours=hour, minutes=rng.randrange(60), seconds=rng.randrange(60))
     return local - VN_OFFSET
 
 
@@ -388,9 +455,7 @@ def _make_products(rng: random.Random) -> pd.DataFrame:
             for line in lines:
                 price = round(rng.uniform(lo, hi) / 1000) * 1000
                 # retail prices cluster on x9,000 endings
-                price = (
-                    max(lo, price - price % 10_000 + 9_000) if price % 10_000 else price
-                )
+                price = max(lo, price - price % 10_000 + 9_000) if price % 10_000 else price
                 pid = f"P-{len(rows) + 1:03d}"
                 rows.append((pid, f"{base} {line}", category, int(price)))
     df = pd.DataFrame(rows, columns=PRODUCT_COLUMNS)
@@ -399,9 +464,7 @@ def _make_products(rng: random.Random) -> pd.DataFrame:
     return df
 
 
-def _make_customers(
-    rng: random.Random, n: int, end_date: dt.date, stores: pd.DataFrame
-) -> list[_Customer]:
+def _make_customers(rng: random.Random, n: int, end_date: dt.date, stores: pd.DataFrame) -> list[_Customer]:
     provinces = list(PROVINCES)
     weights = [PROVINCES[p][0] for p in provinces]
     stores_by_province: dict[str, list[str]] = {}
@@ -416,14 +479,8 @@ def _make_customers(
     customers: list[_Customer] = []
     for i in range(1, n + 1):
         segment = _weighted(rng, seg_names, seg_weights)
-        province = (
-            ""
-            if rng.random() < BLANK_PROVINCE_SHARE
-            else _weighted(rng, provinces, weights)
-        )
-        gender = _weighted(
-            rng, ["female", "male", "other", ""], [0.52, 0.40, 0.02, 0.06]
-        )
+        province = "" if rng.random() < BLANK_PROVINCE_SHARE else _weighted(rng, provinces, weights)
+        gender = _weighted(rng, ["female", "male", "other", ""], [0.52, 0.40, 0.02, 0.06])
         female = gender == "female" or (gender in ("other", "") and rng.random() < 0.5)
         middle = rng.choice(MIDDLE_FEMALE if female else MIDDLE_MALE)
         given = rng.choice(GIVEN_FEMALE if female else GIVEN_MALE)
@@ -498,9 +555,7 @@ def _leap_day_birthday(rng: random.Random, end_date: dt.date) -> dt.date:
     years = [
         y
         for y in range(end_date.year - 70, end_date.year - 17)
-        if y % 4 == 0
-        and (y % 100 != 0 or y % 400 == 0)
-        and 18 <= (end_date - dt.date(y, 2, 29)).days // 366 <= 69
+        if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) and 18 <= (end_date - dt.date(y, 2, 29)).days // 366 <= 69
     ]
     return dt.date(rng.choice(years), 2, 29)
 
@@ -517,11 +572,7 @@ def _contact_rows(
         spelled = rng.choice(PROVINCES[c.province][1]) if c.province else ""
         if c.province:
             truth[c.customer_id] = MERGED_2025.get(c.province, c.province)
-        birthday = (
-            _leap_day_birthday(rng, end_date)
-            if idx == leap_index
-            else _birthday(rng, end_date)
-        )
+        birthday = _leap_day_birthday(rng, end_date) if idx == leap_index else _birthday(rng, end_date)
         good.append(
             _contact_row(
                 rng,
@@ -539,9 +590,7 @@ def _contact_rows(
         c = _Customer(
             customer_id=f"CUS-{len(customers) + j + 1:06d}",
             segment="never",
-            province=_weighted(
-                rng, list(PROVINCES), [PROVINCES[p][0] for p in PROVINCES]
-            ),
+            province=_weighted(rng, list(PROVINCES), [PROVINCES[p][0] for p in PROVINCES]),
             gender="female" if j == 1 else "male",
             full_name=names[j % len(names)],
             member_since=end_date - dt.timedelta(days=rng.randint(1, 400)),
@@ -550,9 +599,7 @@ def _contact_rows(
             home_stores=[],
         )
         spelled = rng.choice(PROVINCES[c.province][1])
-        bad.append(
-            _contact_row(rng, c, spelled, email, _birthday(rng, end_date), end_date)
-        )
+        bad.append(_contact_row(rng, c, spelled, email, _birthday(rng, end_date), end_date))
     return good, bad, truth
 
 
@@ -620,17 +667,13 @@ def _make_orders(
     scale: float,
 ) -> list[_Order]:
     by_cat: dict[str, list[tuple[str, int]]] = {c: [] for c in CATEGORIES}
-    for pid, cat, price in zip(
-        products["product_id"], products["category"], products["price_vnd"], strict=True
-    ):
+    for pid, cat, price in zip(products["product_id"], products["category"], products["price_vnd"], strict=True):
         by_cat[str(cat)].append((str(pid), int(price)))
     cheap_cats = ["wallet", "accessories", "apparel"]
     cutoff = _utc_midnight(end_date) + dt.timedelta(hours=16, minutes=59, seconds=59)
     history_start = end_date - dt.timedelta(days=ORDERS_PER_DAY_WINDOW - 1)
 
-    def basket(
-        c: _Customer, first_category: str | None = None
-    ) -> list[tuple[str, int, int]]:
+    def basket(c: _Customer, first_category: str | None = None) -> list[tuple[str, int, int]]:
         if c.budget:
             n_lines = _weighted(rng, [1, 2], [0.55, 0.45])
         else:
@@ -657,9 +700,7 @@ def _make_orders(
     def make(c: _Customer, day: dt.date, first_category: str | None = None) -> _Order:
         ordered_at = _local_shop_time(rng, day)
         online = rng.random() < 0.3
-        store = (
-            rng.choice(c.home_stores) if rng.random() < 0.85 else rng.choice(STORE_IDS)
-        )
+        store = rng.choice(c.home_stores) if rng.random() < 0.85 else rng.choice(STORE_IDS)
         items = basket(c, first_category)
         pct = rng.choice([0.05, 0.10, 0.15, 0.20]) if rng.random() < 0.3 else 0.0
         lines = [(pid, q, p, round(q * p * pct / 1000) * 1000) for pid, q, p in items]
@@ -684,20 +725,14 @@ def _make_orders(
         if n == 0:
             continue
         start = max(c.member_since, history_start)
-        stop = (
-            end_date - dt.timedelta(days=LAPSED_QUIET_DAYS)
-            if c.segment == "lapsed"
-            else end_date
-        )
+        stop = end_date - dt.timedelta(days=LAPSED_QUIET_DAYS) if c.segment == "lapsed" else end_date
         start = min(start, stop)
         span = (stop - start).days
         for _ in range(n):
             orders.append(make(c, start + dt.timedelta(days=rng.randint(0, span))))
 
     # Guarantee a healthy "recent backpack buyers" audience even at small scales.
-    active = [
-        c for c in customers if c.segment in ("occasional", "regular", "frequent")
-    ]
+    active = [c for c in customers if c.segment in ("occasional", "regular", "frequent")]
     for c in rng.sample(active, min(len(active), max(3, round(40 * scale)))):
         day = end_date - dt.timedelta(days=rng.randint(0, 29))
         orders.append(make(c, max(day, c.member_since), first_category="backpack"))
@@ -708,9 +743,7 @@ def _make_orders(
     return orders
 
 
-def _bad_orders(
-    rng: random.Random, good: list[_Order], end_date: dt.date
-) -> list[tuple[int, tuple[str, _Order]]]:
+def _bad_orders(rng: random.Random, good: list[_Order], end_date: dt.date) -> list[tuple[int, tuple[str, _Order]]]:
     """Build the injected orders, each with the index in ``good`` it goes before.
 
     Each bad order imitates a random good one and sits right behind it, so its
@@ -758,9 +791,7 @@ def _bad_orders(
         o.order_id = original.order_id
         o.ordered_at = original.ordered_at
         o.updated_at = original.updated_at
-        o.lines = [
-            ("", 1, original.subtotal + rng.choice([50_000, 120_000, 300_000]), 0)
-        ]
+        o.lines = [("", 1, original.subtotal + rng.choice([50_000, 120_000, 300_000]), 0)]
         placed.append((rng.randint(idx + 1, min(n, idx + 200)), ("duplicate_id", o)))
     return placed
 
@@ -769,9 +800,7 @@ def _order_frames(
     rng: random.Random, good: list[_Order], end_date: dt.date
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[InjectedRow]]:
     tagged_good: list[tuple[str, _Order]] = [("", o) for o in good]
-    merged: list[tuple[str, _Order]] = _insert_at(
-        tagged_good, _bad_orders(rng, good, end_date)
-    )
+    merged: list[tuple[str, _Order]] = _insert_at(tagged_good, _bad_orders(rng, good, end_date))
 
     order_rows: list[list[Any]] = []
     line_rows: list[list[Any]] = []
@@ -820,9 +849,7 @@ def _order_frames(
 def _contacts_frame(
     rng: random.Random, good: list[list[str]], bad: list[list[str]]
 ) -> tuple[pd.DataFrame, list[InjectedRow]]:
-    merged: list[tuple[bool, list[str]]] = _insert_scattered(
-        rng, [(False, r) for r in good], [(True, r) for r in bad]
-    )
+    merged: list[tuple[bool, list[str]]] = _insert_scattered(rng, [(False, r) for r in good], [(True, r) for r in bad])
     rows: list[list[str]] = []
     injected: list[InjectedRow] = []
     # CRM contact ids follow record creation, not the loyalty numbering.
@@ -832,9 +859,7 @@ def _contacts_frame(
         r[0] = f"CRM-{offset + rownum:06d}"
         rows.append(r)
         if is_bad:
-            injected.append(
-                InjectedRow("contacts", "malformed_email", CONTACTS_SOURCE, rownum)
-            )
+            injected.append(InjectedRow("contacts", "malformed_email", CONTACTS_SOURCE, rownum))
     df = pd.DataFrame(rows, columns=CONTACT_COLUMNS, dtype=object)
     df["_source"] = CONTACTS_SOURCE
     df["_row"] = range(1, len(df) + 1)
@@ -858,10 +883,7 @@ def _web_events(
         )
     )
     loggable = [c for c in customers if c.segment != "never" or rng.random() < 0.3]
-    login_weights = [
-        {"frequent": 6.0, "regular": 3.0, "occasional": 1.5}.get(c.segment, 0.5)
-        for c in loggable
-    ]
+    login_weights = [{"frequent": 6.0, "regular": 3.0, "occasional": 1.5}.get(c.segment, 0.5) for c in loggable]
     for c in loggable:
         c.pseudo_ids = [
             f"{rng.randrange(10**9, 10**10)}.{rng.randrange(1_600_000_000, 1_760_000_000)}"
@@ -878,7 +900,7 @@ def _web_events(
     # Local (Vietnam) hours 00-22: daytime and evening dominate. GA4 dates events in the property's
     # time zone, so each daily file holds one Vietnamese business day and nothing after it.
     local_hours = list(range(23))
-    hour_weights = [0.5, 0.3, 0.2, 0.2, 0.3, 0.5, 1, 3, 4, 5, 5, 5, 5, 6, 6, 6, 5, 5, 6, 7, 8, 8, 7]  # fmt: skip
+    hour_weights = [0.5, 0.3, 0.2, 0.2, 0.3, 0.5, 1, 3, 4, 5, 5, 5, 5, 6, 6, 6, 5, 5, 6, 7, 8, 8, 7]
     sessions_per_day = max(5, round(105 * scale))
 
     per_file: dict[str, list[dict[str, Any]]] = {}
@@ -911,9 +933,7 @@ def _web_events(
         template = rng.choice(per_file[end_file])
         ev = _bad_copy(template, rng)
         ts = _utc_midnight(end_date + dt.timedelta(days=rng.randint(2, 6)))
-        ev["event_timestamp"] = _epoch_micros(
-            ts + dt.timedelta(seconds=rng.randrange(86_400))
-        )
+        ev["event_timestamp"] = _epoch_micros(ts + dt.timedelta(seconds=rng.randrange(86_400)))
         bad_by_file.setdefault(end_file, []).append(("future_timestamp", ev))
     for _ in range(2):
         fname = rng.choice(files[:-1])
@@ -972,11 +992,15 @@ def _session(
     }
     source, medium, campaign = rng.choices(sources[0], weights=sources[1], k=1)[0]
     hour = rng.choices(hours[0], weights=hours[1], k=1)[0]
-    start = _utc_midnight(day) - VN_OFFSET + dt.timedelta(
-        hours=hour,
-        minutes=rng.randrange(60),
-        seconds=rng.randrange(60),
-        microseconds=rng.randrange(1_000_000),
+    start = (
+        _utc_midnight(day)
+        - VN_OFFSET
+        + dt.timedelta(
+            hours=hour,
+            minutes=rng.randrange(60),
+            seconds=rng.randrange(60),
+            microseconds=rng.randrange(1_000_000),
+        )
     )
     session_id = int((start - dt.datetime(1970, 1, 1)).total_seconds())
     clock = start
@@ -1008,9 +1032,7 @@ def _session(
                 "items": items,
             }
         )
-        clock += dt.timedelta(
-            seconds=rng.randint(4, 90), microseconds=rng.randrange(1_000_000)
-        )
+        clock += dt.timedelta(seconds=rng.randint(4, 90), microseconds=rng.randrange(1_000_000))
 
     def item(p: tuple[Any, Any, Any, Any], qty: int = 1) -> dict[str, Any]:
         return {
@@ -1025,9 +1047,7 @@ def _session(
     emit("session_start", landing, [])
     emit("page_view", landing, [])
     cart: list[tuple[Any, Any, Any, Any]] = []
-    for _ in range(
-        _weighted(rng, [0, 1, 2, 3, 4, 6], [0.25, 0.25, 0.2, 0.15, 0.1, 0.05])
-    ):
+    for _ in range(_weighted(rng, [0, 1, 2, 3, 4, 6], [0.25, 0.25, 0.2, 0.15, 0.1, 0.05])):
         if rng.random() < 0.35:
             emit("page_view", f"/c/{rng.choice(CATEGORIES)}", [])
         p = rng.choice(catalogue)
@@ -1061,9 +1081,7 @@ def generate(end_date: dt.date, scale: float = 1.0, seed: int = 42) -> SampleDat
     contacts, contact_bad = _contacts_frame(rng, good_contacts, bad_contacts)
     good_orders = _make_orders(rng, customers, products, end_date, scale)
     orders, order_lines, order_bad = _order_frames(rng, good_orders, end_date)
-    web_events, locations, web_bad = _web_events(
-        rng, customers, products, end_date, scale
-    )
+    web_events, locations, web_bad = _web_events(rng, customers, products, end_date, scale)
     return SampleData(
         stores=stores,
         products=products,
@@ -1091,10 +1109,7 @@ def _records(df: pd.DataFrame, columns: list[str]) -> list[tuple[Any, ...]]:
     for row in df[columns].itertuples(index=False, name=None):
         out.append(
             tuple(
-                None
-                if isinstance(v, float) and math.isnan(v)
-                else (v.item() if hasattr(v, "item") else v)
-                for v in row
+                None if isinstance(v, float) and math.isnan(v) else (v.item() if hasattr(v, "item") else v) for v in row
             )
         )
     return out
@@ -1145,18 +1160,14 @@ def write(data: SampleData, out_dir: pathlib.Path) -> dict[str, int]:
     with (crm / "contacts.csv").open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(CONTACT_COLUMNS)
-        writer.writerows(
-            data.contacts[CONTACT_COLUMNS].itertuples(index=False, name=None)
-        )
+        writer.writerows(data.contacts[CONTACT_COLUMNS].itertuples(index=False, name=None))
 
     web = out_dir / "web"
     web.mkdir(exist_ok=True)
     for old in web.glob("events_*.ndjson"):  # drop days left over from another end_date
         old.unlink()
     lines_by_file: dict[str, list[str]] = {}
-    for ev, (source, _row) in zip(
-        data.web_events, data.web_event_locations, strict=True
-    ):
+    for ev, (source, _row) in zip(data.web_events, data.web_event_locations, strict=True):
         lines_by_file.setdefault(source, []).append(json.dumps(ev, ensure_ascii=False))
     for source, lines in lines_by_file.items():
         (out_dir / source).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -1173,14 +1184,9 @@ def write(data: SampleData, out_dir: pathlib.Path) -> dict[str, int]:
         "end_date": data.end_date.isoformat(),
         "seed": data.seed,
         "scale": data.scale,
-        "injected": [
-            {"table": r.table, "kind": r.kind, "source": r.source, "row": r.row}
-            for r in data.injected
-        ],
+        "injected": [{"table": r.table, "kind": r.kind, "source": r.source, "row": r.row} for r in data.injected],
         "injected_counts": injected_counts(data),
         "rows_written": counts,
     }
-    (out_dir / "manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return counts

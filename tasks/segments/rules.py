@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from datetime import date
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -162,13 +162,11 @@ def _node_kind(raw: Any) -> str | None:
 
 
 Rule = Annotated[
-    Union[
-        Annotated[All, Tag(TAG_PREFIX + "all")],
-        Annotated[AnyOf, Tag(TAG_PREFIX + "any")],
-        Annotated[Not, Tag(TAG_PREFIX + "not")],
-        Annotated[Purchased, Tag(TAG_PREFIX + "purchased")],
-        Annotated[Compare, Tag(TAG_PREFIX + "field")],
-    ],
+    Annotated[All, Tag(TAG_PREFIX + "all")]
+    | Annotated[AnyOf, Tag(TAG_PREFIX + "any")]
+    | Annotated[Not, Tag(TAG_PREFIX + "not")]
+    | Annotated[Purchased, Tag(TAG_PREFIX + "purchased")]
+    | Annotated[Compare, Tag(TAG_PREFIX + "field")],
     Discriminator(
         _node_kind,
         custom_error_type="rule_kind",
@@ -205,4 +203,3 @@ class SegmentsConfig(Node):
             if seg.name == name:
                 return seg
         raise KeyError(f"no segment named {name!r}" + suggest(name, [s.name for s in self.segments]))
-

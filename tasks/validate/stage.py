@@ -57,15 +57,24 @@ def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> di
         outcomes.extend(suite.outcomes)
         for i, r in suite.row_reasons.items():
             reasons.setdefault(i, []).extend(r)
-    schema_notes = [f"new column {c!r} kept in raw only" for c in conformed.extra_columns] + [
-        f"optional column {c!r} missing" for c in conformed.missing_optional
+    outcomes += [
+        ExpectationOutcome(
+            "schema.new_column", "schema_drift", "warning", False, 0, f"new column {c!r} kept in raw only"
+        )
+        for c in conformed.extra_columns
+    ] + [
+        ExpectationOutcome("schema.optional_column_missing", "schema_drift", "warning", False, 0, f"{c!r} is missing")
+        for c in conformed.missing_optional
     ]
+    critical = [asdict(o) for o in outcomes if o.severity == "critical" and not o.success]
     quarantined = quarantine_frame(raw, reasons)
     clean = conformed.frame.drop(index=list(reasons))
     if not conformed.missing_required:
         lake.write("clean", source, table, window.run_date, clean)
     lake.write("quarantine", source, table, window.run_date, quarantined)
-    reason_counts = quarantined[REASON_COL].str.split("; ").explode().value_counts().to_dict() if len(quarantined) else {}
+    reason_counts = (
+        quarantined[REASON_COL].str.split("; ").explode().value_counts().to_dict() if len(quarantined) else {}
+    )
     report = {
         "source": source,
         "table": table,
@@ -74,8 +83,8 @@ def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> di
         "clean": len(clean),
         "quarantined": len(quarantined),
         "quarantine_reasons": {str(k): int(v) for k, v in reason_counts.items()},
-        "critical_failures": [asdict(o) for o in outcomes if o.severity == "critical" and not o.success],
-        "warnings": [asdict(o) for o in outcomes if o.severity == "warning" and not o.success] + schema_notes,
+        "critical_failures": critical,
+        "warnings": [asdict(o) for o in outcomes if o.severity == "warning" and not o.success],
         "expectations": [asdict(o) for o in outcomes],
     }
     out = lake.partition("validation", source, table, window.run_date)
@@ -83,6 +92,11 @@ def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> di
     (out / "result.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     log.info(
         "validated %s.%s: %d rows, %d clean, %d quarantined, %d critical failure(s)",
-        source, table, report["rows"], report["clean"], report["quarantined"], len(report["critical_failures"]),
-    )  # fmt: skip
+        source,
+        table,
+        report["rows"],
+        report["clean"],
+        report["quarantined"],
+        len(critical),
+    )
     return report

@@ -32,7 +32,10 @@ def test_repository_config_is_valid() -> None:
 
 
 def test_unknown_key_names_file_and_path(tmp_path: Path) -> None:
-    path = write(tmp_path, "segments:\n  - name: a\n    title: A\n    colour: red\n    rule: {field: orders, op: gte, value: 1}\n")
+    path = write(
+        tmp_path,
+        "segments:\n  - name: a\n    title: A\n    colour: red\n    rule: {field: orders, op: gte, value: 1}\n",
+    )
     msg = errors_of(path)
     assert str(path) in msg
     assert "segments[0].colour: unknown key" in msg
@@ -45,7 +48,9 @@ def test_wrong_type_names_the_key(tmp_path: Path) -> None:
 
 
 def test_unknown_operator_suggests_the_closest(tmp_path: Path) -> None:
-    path = write(tmp_path, "segments:\n  - name: a\n    title: A\n    rule: {all: [{field: orders, op: gtee, value: 3}]}\n")
+    path = write(
+        tmp_path, "segments:\n  - name: a\n    title: A\n    rule: {all: [{field: orders, op: gtee, value: 3}]}\n"
+    )
     assert "segments[0].rule.all[0].op: unknown operator 'gtee'; did you mean 'gte'?" in errors_of(path)
 
 

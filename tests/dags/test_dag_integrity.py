@@ -44,7 +44,9 @@ def parse_dags(tmp_path: Path) -> dict:
         "AUDIENCES_HOME": str(tmp_path / "home"),
     }
     dags = settings.PROJECT_ROOT / "dags"
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(dags)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(dags)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,9 +60,15 @@ def test_dags_import_without_errors_or_io(tmp_path: Path) -> None:
     assert result["heavy"] == [], f"DAG parsing imported heavy libraries: {result['heavy']}"
     project = str(settings.PROJECT_ROOT)
     touched = [
-        p for p in result["opened"]
-        if (p.startswith(project) and not p.startswith(str(settings.PROJECT_ROOT / "dags"))
-            and "/.venv/" not in p and "__pycache__" not in p and not p.endswith(".py"))
+        p
+        for p in result["opened"]
+        if (
+            p.startswith(project)
+            and not p.startswith(str(settings.PROJECT_ROOT / "dags"))
+            and "/.venv/" not in p
+            and "__pycache__" not in p
+            and not p.endswith(".py")
+        )
         or p.startswith(str(tmp_path / "home"))
-    ]  # fmt: skip
+    ]
     assert touched == [], f"DAG parsing read data or config files: {touched}"

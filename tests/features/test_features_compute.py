@@ -25,11 +25,22 @@ WINDOW = RunWindow(date(2026, 11, 24), ZoneInfo("Asia/Ho_Chi_Minh"))
 
 def _contact(cid: str, birthday: date | None = None) -> dict[str, Any]:
     return {
-        "contact_id": f"C-{cid}", "customer_id": cid, "full_name": f"Khách {cid}", "email": f"{cid.lower()}@shop.vn",
-        "phone": "0912345678", "gender": "female", "birthday": birthday, "province": "Hà Nội",
-        "email_opt_in": True, "sms_opt_in": False, "ads_opt_in": True, "member_since": date(2020, 1, 1),
-        "nps_score": 9, "csat_score": 5, "updated_at": pd.Timestamp("2026-01-01", tz="UTC"),
-    }  # fmt: skip
+        "contact_id": f"C-{cid}",
+        "customer_id": cid,
+        "full_name": f"Khách {cid}",
+        "email": f"{cid.lower()}@shop.vn",
+        "phone": "0912345678",
+        "gender": "female",
+        "birthday": birthday,
+        "province": "Hà Nội",
+        "email_opt_in": True,
+        "sms_opt_in": False,
+        "ads_opt_in": True,
+        "member_since": date(2020, 1, 1),
+        "nps_score": 9,
+        "csat_score": 5,
+        "updated_at": pd.Timestamp("2026-01-01", tz="UTC"),
+    }
 
 
 ORDERS: list[tuple[str, str, str, str, int, int]] = [

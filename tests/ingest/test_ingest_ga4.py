@@ -81,8 +81,17 @@ def test_missing_nested_parts_give_none(home: Path) -> None:
     bare = {"event_timestamp": 1_795_500_000_000_000, "event_name": "page_view", "user_pseudo_id": "p"}
     _write(home / "web", "20261124", [json.dumps(bare)])
     row = _source().extract("web_events", WINDOW).frame.iloc[0]
-    for col in ("user_id", "session_id", "page_location", "device_category", "browser",
-                "traffic_source", "traffic_medium", "item_ids", "item_categories"):  # fmt: skip
+    for col in (
+        "user_id",
+        "session_id",
+        "page_location",
+        "device_category",
+        "browser",
+        "traffic_source",
+        "traffic_medium",
+        "item_ids",
+        "item_categories",
+    ):
         assert row[col] is None, col
 
 

@@ -86,10 +86,7 @@ def test_injected_counts_match_spec(data: SampleData) -> None:
 def test_good_order_totals_match_lines(data: SampleData) -> None:
     good = _good_orders(data)
     lines = data.order_lines
-    assert (
-        lines["line_total_vnd"]
-        == lines["quantity"] * lines["unit_price_vnd"] - lines["discount_vnd"]
-    ).all()
+    assert (lines["line_total_vnd"] == lines["quantity"] * lines["unit_price_vnd"] - lines["discount_vnd"]).all()
     per_order = (
         lines.groupby("order_id")[["line_total_vnd", "discount_vnd"]]
         .sum()
@@ -98,9 +95,7 @@ def test_good_order_totals_match_lines(data: SampleData) -> None:
     merged = good.set_index("order_id").join(per_order, how="left")
     assert merged["line_total_vnd"].notna().all(), "every good order has lines"
     assert (merged["total_vnd"] == merged["line_total_vnd"]).all()
-    assert (
-        merged["total_vnd"] == merged["subtotal_vnd"] - merged["discount_vnd"]
-    ).all()
+    assert (merged["total_vnd"] == merged["subtotal_vnd"] - merged["discount_vnd"]).all()
     assert (merged["discount_vnd"] == merged["discount_vnd_lines"]).all()
     assert (good["total_vnd"] > 0).all()
     assert 0.2 < (good["discount_vnd"] > 0).mean() < 0.4
@@ -126,9 +121,7 @@ def test_bad_orders_have_no_lines_and_look_valid(data: SampleData) -> None:
     assert not unique_bad["order_id"].dropna().isin(data.order_lines["order_id"]).any()
 
 
-def test_manifest_points_at_bad_rows_in_files(
-    data: SampleData, out_dir: pathlib.Path
-) -> None:
+def test_manifest_points_at_bad_rows_in_files(data: SampleData, out_dir: pathlib.Path) -> None:
     manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["injected_counts"] == EXPECTED_COUNTS
     entries = [InjectedRow(**e) for e in manifest["injected"]]
@@ -151,11 +144,7 @@ def test_manifest_points_at_bad_rows_in_files(
                 assert end_cutoff + dt.timedelta(days=3) <= ordered_at
                 assert ordered_at < end_cutoff + dt.timedelta(days=11)
             elif e.kind == "duplicate_id":
-                earlier = [
-                    r
-                    for rid, r in orders.items()
-                    if rid < e.row and r["order_id"] == row["order_id"]
-                ]
+                earlier = [r for rid, r in orders.items() if rid < e.row and r["order_id"] == row["order_id"]]
                 assert len(earlier) == 1
                 assert earlier[0]["total_vnd"] != row["total_vnd"]
             else:
@@ -172,10 +161,7 @@ def test_manifest_points_at_bad_rows_in_files(
                 assert event["event_name"] is None
             elif e.kind == "future_timestamp":
                 assert e.source == f"web/events_{END:%Y%m%d}.ndjson"
-                assert (
-                    event["event_timestamp"] // 1_000_000
-                    > end_cutoff.replace(tzinfo=dt.UTC).timestamp()
-                )
+                assert event["event_timestamp"] // 1_000_000 > end_cutoff.replace(tzinfo=dt.UTC).timestamp()
             else:
                 pytest.fail(f"unexpected web kind {e.kind}")
         else:
@@ -190,9 +176,7 @@ def test_manifest_points_at_bad_rows_in_files(
 
 def test_only_manifest_rows_are_bad(data: SampleData, out_dir: pathlib.Path) -> None:
     contacts = _read_contacts(out_dir)
-    bad_emails = {
-        i + 1 for i, c in enumerate(contacts) if not EMAIL_RE.match(c["email"])
-    }
+    bad_emails = {i + 1 for i, c in enumerate(contacts) if not EMAIL_RE.match(c["email"])}
     assert bad_emails == _bad_rows(data, "contacts")
     assert all(
         c["email"].split("@")[1].lower() in {"example.com", "example.vn", "example.net"}
@@ -206,24 +190,16 @@ def test_only_manifest_rows_are_bad(data: SampleData, out_dir: pathlib.Path) -> 
         # Files hold one Vietnamese (UTC+7) day, as a GA4 property in Asia/Ho_Chi_Minh exports them.
         lo = (int(day.replace(tzinfo=dt.UTC).timestamp()) - 7 * 3600) * 1_000_000
         hi = lo + 86_400 * 1_000_000
-        for n, line in enumerate(
-            path.read_text(encoding="utf-8").splitlines(), start=1
-        ):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             event = json.loads(line)
-            good = (
-                event["event_name"] is not None and lo <= event["event_timestamp"] < hi
-            )
+            good = event["event_name"] is not None and lo <= event["event_timestamp"] < hi
             assert good != ((source, n) in flagged), (source, n)
 
 
-def test_sample_frames_match_written_files(
-    data: SampleData, out_dir: pathlib.Path
-) -> None:
+def test_sample_frames_match_written_files(data: SampleData, out_dir: pathlib.Path) -> None:
     orders = _read_orders(out_dir)
     assert list(orders) == data.orders["id"].tolist()
-    assert [r["order_id"] for r in orders.values()] == [
-        None if pd.isna(v) else v for v in data.orders["order_id"]
-    ]
+    assert [r["order_id"] for r in orders.values()] == [None if pd.isna(v) else v for v in data.orders["order_id"]]
     contacts = _read_contacts(out_dir)
     assert [c["contact_id"] for c in contacts] == data.contacts["contact_id"].tolist()
     assert contacts[0]["full_name"] == data.contacts["full_name"].iloc[0]
@@ -255,10 +231,17 @@ def test_messy_crm_values(data: SampleData) -> None:
     assert all(written[c] != "" for c in data.truth_province)
 
     forms = Counter(
-        "plus84" if p.startswith("+84") else "84" if p.startswith("84")
-        else "spaced" if " " in p else "0" if p.startswith("0") else "blank"
+        "plus84"
+        if p.startswith("+84")
+        else "84"
+        if p.startswith("84")
+        else "spaced"
+        if " " in p
+        else "0"
+        if p.startswith("0")
+        else "blank"
         for p in contacts["phone"]
-    )  # fmt: skip
+    )
     assert len({f for f in forms if f != "blank"}) >= 2
     assert any(b.endswith("-02-29") for b in contacts["birthday"])
     assert set(contacts["gender"]) <= {"male", "female", "other", ""}
@@ -268,9 +251,7 @@ def test_messy_crm_values(data: SampleData) -> None:
 
 def test_customer_behaviour_mix(data: SampleData) -> None:
     good = _good_orders(data)
-    lines = data.order_lines.merge(
-        good[["order_id", "customer_id", "ordered_at"]], on="order_id"
-    )
+    lines = data.order_lines.merge(good[["order_id", "customer_id", "ordered_at"]], on="order_id")
     lines = lines.merge(data.products[["product_id", "category"]], on="product_id")
     recent = pd.Timestamp(END - dt.timedelta(days=29))
     ordered = pd.to_datetime(lines["ordered_at"].str.rstrip("Z"))
@@ -282,27 +263,17 @@ def test_customer_behaviour_mix(data: SampleData) -> None:
     assert 0 < len(big) < len(data.contacts)
     never = set(data.contacts["customer_id"]) - set(good["customer_id"])
     assert len(never) > 3  # CRM-only customers beyond the malformed ones
-    last = pd.to_datetime(
-        good.groupby("customer_id")["ordered_at"].max().str.rstrip("Z")
-    )
+    last = pd.to_datetime(good.groupby("customer_id")["ordered_at"].max().str.rstrip("Z"))
     assert (last < pd.Timestamp(END - dt.timedelta(days=90))).sum() > 0
 
 
 def test_write_is_idempotent(data: SampleData, tmp_path: pathlib.Path) -> None:
     first = write(data, tmp_path)
-    snapshot = {
-        p.relative_to(tmp_path): p.read_bytes()
-        for p in tmp_path.rglob("*")
-        if p.is_file()
-    }
+    snapshot = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # a stray day file from another run must not survive a rewrite
     (tmp_path / "web" / "events_19990101.ndjson").write_text("{}\n", encoding="utf-8")
     second = write(data, tmp_path)
-    again = {
-        p.relative_to(tmp_path): p.read_bytes()
-        for p in tmp_path.rglob("*")
-        if p.is_file()
-    }
+    again = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert first == second
     assert first["orders"] == len(data.orders)
     assert snapshot == again

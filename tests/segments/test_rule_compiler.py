@@ -20,15 +20,47 @@ WINDOW = RunWindow(date(2026, 11, 24), ZoneInfo("Asia/Ho_Chi_Minh"))
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[ibis.BaseBackend, ibis.Table, ibis.Table]:
     rows = [
-        {"customer_key": "A", "orders": 5, "monetary_total": 2_500_000, "province": "Hồ Chí Minh", "recency_days": 3,
-         "email": "a@example.com", "birthday": date(1990, 2, 28), "email_opt_in": True},
-        {"customer_key": "B", "orders": 1, "monetary_total": 999_999, "province": "Hà Nội", "recency_days": 120,
-         "email": "", "birthday": date(1985, 11, 2), "email_opt_in": False},
-        {"customer_key": "C", "orders": 0, "monetary_total": 0, "province": None, "recency_days": None,
-         "email": None, "birthday": None, "email_opt_in": False},
-        {"customer_key": "D", "orders": 3, "monetary_total": 1_000_000, "province": "Đà Nẵng", "recency_days": 30,
-         "email": "d@example.vn", "birthday": date(2000, 2, 29), "email_opt_in": True},
-    ]  # fmt: skip
+        {
+            "customer_key": "A",
+            "orders": 5,
+            "monetary_total": 2_500_000,
+            "province": "Hồ Chí Minh",
+            "recency_days": 3,
+            "email": "a@example.com",
+            "birthday": date(1990, 2, 28),
+            "email_opt_in": True,
+        },
+        {
+            "customer_key": "B",
+            "orders": 1,
+            "monetary_total": 999_999,
+            "province": "Hà Nội",
+            "recency_days": 120,
+            "email": "",
+            "birthday": date(1985, 11, 2),
+            "email_opt_in": False,
+        },
+        {
+            "customer_key": "C",
+            "orders": 0,
+            "monetary_total": 0,
+            "province": None,
+            "recency_days": None,
+            "email": None,
+            "birthday": None,
+            "email_opt_in": False,
+        },
+        {
+            "customer_key": "D",
+            "orders": 3,
+            "monetary_total": 1_000_000,
+            "province": "Đà Nẵng",
+            "recency_days": 30,
+            "email": "d@example.vn",
+            "birthday": date(2000, 2, 29),
+            "email_opt_in": True,
+        },
+    ]
     features = pd.DataFrame(rows).reindex(columns=COLUMNS)
     for col in ("orders", "monetary_total", "recency_days"):
         features[col] = features[col].astype("Int64")
@@ -39,13 +71,21 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[ibis.BaseBackend, 
             "order_id": ["o1", "o2", "o3", "o4", "o5"],
             # A: 23:59:59 local on the run date (in), B: exactly 30 local days back at 00:00 (out of 30d),
             # D: first instant of the 30-day window (in) and one order at as_of (out).
-            "ordered_at": pd.to_datetime(["2026-11-24T16:59:59Z", "2026-11-24T10:00:00Z", "2026-10-24T17:00:00Z",
-                                          "2026-10-25T17:00:00Z", "2026-11-24T17:00:00Z"], utc=True).as_unit("us"),
+            "ordered_at": pd.to_datetime(
+                [
+                    "2026-11-24T16:59:59Z",
+                    "2026-11-24T10:00:00Z",
+                    "2026-10-24T17:00:00Z",
+                    "2026-10-25T17:00:00Z",
+                    "2026-11-24T17:00:00Z",
+                ],
+                utc=True,
+            ).as_unit("us"),
             "product_id": ["P1", "P2", "P1", "P1", "P1"],
             "category": ["backpack", "wallet", "backpack", "Backpack", "backpack"],
             "line_total_vnd": [500_000, 200_000, 450_000, 450_000, 450_000],
         }
-    )  # fmt: skip
+    )
     assert str(purchases["ordered_at"].dt.tz) == utc
     # The pipeline reads the lake's Parquet; so does this test (ibis 12's create_table from in-memory
     # frames emits SQL DuckDB 2.0 rejects).
@@ -82,10 +122,19 @@ def members(tables: tuple[ibis.BaseBackend, ibis.Table, ibis.Table], rule: dict)
         ({"field": "birthday", "op": "lt", "value": date(1990, 1, 1)}, {"B"}),
         ({"not": {"field": "orders", "op": "gte", "value": 3}}, {"B", "C"}),
         ({"not": {"field": "province", "op": "in", "value": ["Hồ Chí Minh"]}}, {"B", "C", "D"}),
-        ({"any": [{"field": "orders", "op": "eq", "value": 0}, {"field": "recency_days", "op": "gt", "value": 90}]},
-         {"B", "C"}),
-        ({"all": [{"field": "orders", "op": "gte", "value": 1}, {"field": "email_opt_in", "op": "eq", "value": False}]},
-         {"B"}),
+        (
+            {"any": [{"field": "orders", "op": "eq", "value": 0}, {"field": "recency_days", "op": "gt", "value": 90}]},
+            {"B", "C"},
+        ),
+        (
+            {
+                "all": [
+                    {"field": "orders", "op": "gte", "value": 1},
+                    {"field": "email_opt_in", "op": "eq", "value": False},
+                ]
+            },
+            {"B"},
+        ),
         ({"purchased": {"category": "backpack", "within": {"last_days": 30}}}, {"A", "D"}),
         ({"purchased": {"category": "backpack", "within": {"last_days": 31}}}, {"A", "B", "D"}),
         ({"purchased": {"category": "backpack", "within": {"last_days": 1}}}, {"A"}),
@@ -93,8 +142,10 @@ def members(tables: tuple[ibis.BaseBackend, ibis.Table, ibis.Table], rule: dict)
         ({"purchased": {"product": ["P1"], "min_orders": 2}}, set()),
         ({"purchased": {"category": "backpack"}}, {"A", "B", "D"}),
     ],
-)  # fmt: skip
-def test_rule_membership(tables: tuple[ibis.BaseBackend, ibis.Table, ibis.Table], rule: dict, expected: set[str]) -> None:
+)
+def test_rule_membership(
+    tables: tuple[ibis.BaseBackend, ibis.Table, ibis.Table], rule: dict, expected: set[str]
+) -> None:
     assert members(tables, rule) == expected
 
 

@@ -12,12 +12,22 @@ from tasks.unify.profiles import build_profiles
 
 def _contact(contact_id: str, customer_id: str | None, updated_at: str | None, **kw: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "contact_id": contact_id, "customer_id": customer_id, "full_name": "Nguyễn Thị Hoa",
-        "email": " Hoa.Nguyen@Example.COM ", "phone": "091 234 5678", "gender": "female",
-        "birthday": date(1995, 3, 8), "province": "TP.HCM", "email_opt_in": True, "sms_opt_in": True,
-        "ads_opt_in": False, "member_since": date(2022, 5, 1), "nps_score": 8, "csat_score": 4,
+        "contact_id": contact_id,
+        "customer_id": customer_id,
+        "full_name": "Nguyễn Thị Hoa",
+        "email": " Hoa.Nguyen@Example.COM ",
+        "phone": "091 234 5678",
+        "gender": "female",
+        "birthday": date(1995, 3, 8),
+        "province": "TP.HCM",
+        "email_opt_in": True,
+        "sms_opt_in": True,
+        "ads_opt_in": False,
+        "member_since": date(2022, 5, 1),
+        "nps_score": 8,
+        "csat_score": 4,
         "updated_at": pd.Timestamp(updated_at, tz="UTC") if updated_at else pd.NaT,
-    }  # fmt: skip
+    }
     row.update(kw)
     return row
 
@@ -34,12 +44,14 @@ def _orders(*customer_ids: str | None) -> pd.DataFrame:
 
 
 def test_latest_contact_wins_regardless_of_row_order() -> None:
-    contacts = _frame([
-        _contact("C2", "K1", "2026-11-20", full_name="Newest", email="new@shop.vn", nps_score=10),
-        _contact("C1", "K1", "2026-01-01", full_name="Oldest", email="old@shop.vn"),
-        _contact("C3", "K1", None, full_name="Undated"),
-        _contact("C4", "K1", "2026-06-01", full_name="Middle"),
-    ])  # fmt: skip
+    contacts = _frame(
+        [
+            _contact("C2", "K1", "2026-11-20", full_name="Newest", email="new@shop.vn", nps_score=10),
+            _contact("C1", "K1", "2026-01-01", full_name="Oldest", email="old@shop.vn"),
+            _contact("C3", "K1", None, full_name="Undated"),
+            _contact("C4", "K1", "2026-06-01", full_name="Middle"),
+        ]
+    )
     prof = build_profiles(contacts, _orders())
     assert len(prof) == 1
     row = prof.iloc[0]
@@ -50,11 +62,13 @@ def test_latest_contact_wins_regardless_of_row_order() -> None:
 
 
 def test_values_are_normalized() -> None:
-    contacts = _frame([
-        _contact("C1", "K1", "2026-11-01"),
-        _contact("C2", "K2", "2026-11-01", email="bad@@mail", phone="12", province="Bình Dương"),
-        _contact("C3", "K3", "2026-11-01", email=None, phone="(+84) 91-234-5678", province="Atlantis"),
-    ])  # fmt: skip
+    contacts = _frame(
+        [
+            _contact("C1", "K1", "2026-11-01"),
+            _contact("C2", "K2", "2026-11-01", email="bad@@mail", phone="12", province="Bình Dương"),
+            _contact("C3", "K3", "2026-11-01", email=None, phone="(+84) 91-234-5678", province="Atlantis"),
+        ]
+    )
     prof = build_profiles(contacts, _orders()).set_index("customer_key")
     assert prof.loc["K1", "email"] == "hoa.nguyen@example.com"
     assert prof.loc["K1", "phone"] == "+84912345678"
@@ -87,10 +101,12 @@ def test_pos_only_buyer_gets_empty_profile() -> None:
 
 
 def test_missing_opt_in_becomes_false_and_output_is_sorted() -> None:
-    contacts = _frame([
-        _contact("C1", "K3", "2026-11-01", email_opt_in=None),
-        _contact("C2", "K1", "2026-11-01"),
-    ])  # fmt: skip
+    contacts = _frame(
+        [
+            _contact("C1", "K3", "2026-11-01", email_opt_in=None),
+            _contact("C2", "K1", "2026-11-01"),
+        ]
+    )
     prof = build_profiles(contacts, _orders())
     assert prof["customer_key"].tolist() == ["K1", "K3"]
     assert prof.set_index("customer_key").loc["K3", "email_opt_in"] == False  # noqa: E712

@@ -128,12 +128,18 @@ def test_malformed_suite_raises_naming_file(tmp_path: Path, monkeypatch: pytest.
 def test_expectation_without_severity_names_its_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     suite = {
         "expectations": [
-            {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1},
-             "meta": {"name": "orders.not_empty", "severity": "critical"}},
-            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "order_id"},
-             "meta": {"name": "orders.order_id_present"}},
+            {
+                "type": "expect_table_row_count_to_be_between",
+                "kwargs": {"min_value": 1},
+                "meta": {"name": "orders.not_empty", "severity": "critical"},
+            },
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": "order_id"},
+                "meta": {"name": "orders.order_id_present"},
+            },
         ]
-    }  # fmt: skip
+    }
     (tmp_path / "orders.json").write_text(json.dumps(suite), encoding="utf-8")
     monkeypatch.setenv("AUDIENCES_EXPECTATIONS", str(tmp_path))
     with pytest.raises(SuiteError, match=r"expectations\[1\]\.meta\.severity"):
