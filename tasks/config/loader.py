@@ -6,6 +6,7 @@ would be right, not print a pydantic traceback.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,16 @@ class ConfigError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{path}: invalid configuration\n{lines}\nFix the key(s) above and run again.")
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """ "; did you mean X?" for a near miss, else the list of valid choices."""
+    from tasks.features.catalog import SYNONYMS  # words marketers use for feature names
+
+    if word in SYNONYMS and SYNONYMS[word] in choices:
+        return f"; did you mean {SYNONYMS[word]!r}?"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(choices))}"
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

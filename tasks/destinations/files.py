@@ -14,9 +14,9 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from tasks import settings
+from tasks.config.loader import suggest
 from tasks.destinations.base import Delivery, DestinationOptions, register
 from tasks.features.catalog import BY_NAME, COLUMNS
-from tasks.segments.rules import suggest
 from tasks.settings import RunWindow
 
 DEFAULT_COLUMNS = [

@@ -7,16 +7,15 @@ each row tagged with ``_source``/``_row`` so a bad row can be traced to its file
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from tasks.config.loader import ConfigError, format_loc
 from tasks.config.models import SourceConfig
+from tasks.registry import Registry
 from tasks.settings import RunWindow
 
 
@@ -41,37 +40,10 @@ class Source(Protocol):
     def extract(self, table: str, window: RunWindow) -> Extract: ...
 
 
-S = TypeVar("S", bound=type)
-REGISTRY: dict[str, type] = {}
-
-
-def register(kind: str) -> Callable[[S], S]:
-    def deco(cls: S) -> S:
-        REGISTRY[kind] = cls
-        cls.kind = kind  # type: ignore[attr-defined]
-        return cls
-
-    return deco
-
-
-def _load_builtin_sources() -> None:
-    # Imported for their @register side effect; kept here so the registry is complete on first use.
-    from tasks.ingest import crm, pos, web  # noqa: F401
+SOURCES = Registry("sources", builtins=("tasks.ingest.crm", "tasks.ingest.pos", "tasks.ingest.web"))
+register = SOURCES.register
 
 
 def build_source(name: str, cfg: SourceConfig, config_file: Path) -> Source:
-    _load_builtin_sources()
-    if cfg.kind not in REGISTRY:
-        from tasks.segments.rules import suggest
-
-        raise ConfigError(
-            config_file, [f"sources.{name}.kind: unknown kind {cfg.kind!r}" + suggest(cfg.kind, list(REGISTRY))]
-        )
-    cls: Any = REGISTRY[cfg.kind]
-    try:
-        options = cls.Options.model_validate(cfg.options)
-    except ValidationError as exc:
-        problems = [f"sources.{name}.options.{format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(config_file, problems) from None
-    source: Source = cls(name, options)
+    source: Source = SOURCES.build(name, cfg.kind, cfg.options, config_file)
     return source

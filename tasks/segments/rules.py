@@ -12,14 +12,13 @@ and the same rule can run on DuckDB here or on Spark / a warehouse elsewhere.
 
 from __future__ import annotations
 
-import difflib
 from datetime import date
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from tasks.config.loader import TAG_PREFIX
-from tasks.features.catalog import BY_NAME, COLUMNS, SYNONYMS
+from tasks.config.loader import TAG_PREFIX, suggest
+from tasks.features.catalog import BY_NAME, COLUMNS
 
 OPERATORS: dict[str, str] = {
     "eq": "equals",
@@ -38,13 +37,6 @@ OPERATORS: dict[str, str] = {
 _NO_VALUE = {"is_set", "is_not_set"}
 _LIST_VALUE = {"in", "not_in"}
 _ORDERED_KINDS = {"integer", "number", "date", "timestamp"}
-
-
-def suggest(word: str, choices: list[str]) -> str:
-    if word in SYNONYMS and SYNONYMS[word] in choices:
-        return f"; did you mean {SYNONYMS[word]!r}?"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(choices))}"
 
 
 class Node(BaseModel):
