@@ -12,6 +12,8 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, dag, task
 
+from tasks import progress
+
 
 def _as_list(values: Any) -> list[Any]:
     """Materialize a mapped task's results by index (iterating probes past the end and logs a 404)."""
@@ -31,7 +33,14 @@ TIMEZONE = os.environ.get("AUDIENCES_TIMEZONE", "Asia/Ho_Chi_Minh")
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
+    default_args={
+        "retries": RETRIES,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "on_execute_callback": progress.on_start,
+        "on_success_callback": progress.on_success,
+        "on_failure_callback": progress.on_failure,
+    },
     tags=["audiences"],
     doc_md=__doc__,
 )
