@@ -79,12 +79,11 @@ def cmd_run(run_date: date) -> int:
         )
         return 1
     from tasks.config.models import AppConfig
-    from tasks.lake import Lake
+    from tasks.lake import open_lake
     from tasks.pipeline import RUNS
 
-    lake = Lake(AppConfig().pipeline.lake_path)
-    summary_file = lake.partition("runs", RUNS, "summary", run_date) / "summary.json"
-    print_summary(json.loads(summary_file.read_text(encoding="utf-8")))
+    lake = open_lake(AppConfig().pipeline.lake_root)
+    print_summary(json.loads(lake.get_text("runs", RUNS, "summary", run_date, "summary.json")))
     print(f"\nDone in {elapsed:.0f}s.")
     return 0
 

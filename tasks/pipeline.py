@@ -17,7 +17,7 @@ from tasks.config.models import AppConfig
 from tasks.destinations.base import build_destination
 from tasks.features.build import build_features
 from tasks.ingest.base import build_source
-from tasks.lake import Lake
+from tasks.lake import Lake, open_lake
 from tasks.settings import RunWindow
 from tasks.tables import TABLES
 from tasks.unify.profiles import TableRef, unify
@@ -37,7 +37,7 @@ def _config() -> AppConfig:
 
 
 def _lake(cfg: AppConfig) -> Lake:
-    return Lake(cfg.pipeline.lake_path)
+    return open_lake(cfg.pipeline.lake_root)
 
 
 def _window(cfg: AppConfig, run_date: str) -> RunWindow:
@@ -203,9 +203,7 @@ def summarize(
         "as_of": window.as_of.isoformat(),
         "tables": tables,
         "segments": [d for per_segment in deliveries for d in per_segment],
-        "quarantine": str(lake.root / "quarantine"),
+        "quarantine": lake.store.describe("quarantine/"),
     }
-    folder = lake.partition("runs", RUNS, "summary", window.run_date)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    lake.put_text("runs", RUNS, "summary", window.run_date, "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -35,10 +35,6 @@ class PipelineConfig(Strict):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
 
-    @property
-    def lake_path(self) -> Path:
-        return settings.resolve(self.lake_root)
-
 
 class SourceConfig(Strict):
     """One configured source; ``kind`` picks the registered class, ``options`` are its settings."""

@@ -13,6 +13,7 @@ import logging
 import duckdb
 import pandas as pd
 
+from tasks.current import register_current
 from tasks.features.catalog import COLUMNS
 from tasks.lake import Lake
 from tasks.settings import RunWindow
@@ -129,9 +130,9 @@ def build_features(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> 
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        con.read_parquet(lake.glob("unified", UNIFIED, "customers", day)).create_view("customers")
-        con.read_parquet(lake.glob("clean", refs["orders"].source, "orders", day)).create_view("orders")
-        con.read_parquet(lake.glob("clean", refs["web_events"].source, "web_events", day)).create_view("web_events")
+        con.read_parquet(lake.local_files("unified", UNIFIED, "customers", day)).create_view("customers")
+        register_current(con, lake, refs["orders"].source, "orders", day)
+        register_current(con, lake, refs["web_events"].source, "web_events", day)
         frame = compute_features(con, window)
     finally:
         con.close()

@@ -30,8 +30,8 @@ def evaluate(lake: Lake, window: RunWindow, segments: SegmentsConfig) -> dict[st
     con = ibis.duckdb.connect()
     try:
         con.raw_sql("SET TimeZone = 'UTC'")
-        features = con.read_parquet(lake.glob("features", FEATURE_SOURCE, FEATURE_TABLE, day))
-        purchases = con.read_parquet(lake.glob("unified", UNIFIED, "purchases", day))
+        features = con.read_parquet(lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
+        purchases = con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day))
         compiler = Compiler(features, purchases, window)
         parts = []
         for seg in segments.segments:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from tasks.current import current_frame
 from tasks.lake import Lake
 from tasks.normalize.contact import normalize_email, normalize_phone
 from tasks.normalize.province import canonical_province
@@ -65,12 +66,12 @@ def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame
 
 def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str, int]:
     day = window.run_date
-    contacts = lake.read("clean", refs["contacts"].source, "contacts", day)
-    orders = lake.read("clean", refs["orders"].source, "orders", day)
+    contacts = current_frame(lake, refs["contacts"].source, "contacts", day)
+    orders = current_frame(lake, refs["orders"].source, "orders", day)
     profiles = build_profiles(contacts, orders)
     lake.write("unified", UNIFIED, "customers", day, profiles)
-    lines = lake.read("clean", refs["order_lines"].source, "order_lines", day)
-    products = lake.read("clean", refs["products"].source, "products", day)
+    lines = current_frame(lake, refs["order_lines"].source, "order_lines", day)
+    products = current_frame(lake, refs["products"].source, "products", day)
     purchases = (
         lines.merge(orders[["order_id", "customer_id", "ordered_at"]], on="order_id", how="inner")
         .merge(products[["product_id", "category"]], on="product_id", how="left")

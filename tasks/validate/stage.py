@@ -87,9 +87,7 @@ def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> di
         "warnings": [asdict(o) for o in outcomes if o.severity == "warning" and not o.success],
         "expectations": [asdict(o) for o in outcomes],
     }
-    out = lake.partition("validation", source, table, window.run_date)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    lake.put_text("validation", source, table, window.run_date, "result.json", json.dumps(report, indent=2))
     log.info(
         "validated %s.%s: %d rows, %d clean, %d quarantined, %d critical failure(s)",
         source,

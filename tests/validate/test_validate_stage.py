@@ -53,7 +53,7 @@ def test_row_level_quarantine_within_tolerance(tmp_path: Path) -> None:
     raw.loc[30, "ordered_at"] = "2026-11-24T17:00:00Z"  # exactly as_of: the next business day
     raw.loc[40, "ordered_at"] = "2026-11-24T16:59:59.999999Z"  # 1 µs before as_of: still the run date
     raw.loc[50, "total_vnd"] = "12a"
-    lake = Lake(tmp_path)
+    lake = Lake.local(tmp_path)
     lake.write("raw", "pos", "orders", DAY, raw)
 
     report = validate_table(lake, "pos", "orders", WINDOW)
@@ -81,13 +81,13 @@ def test_row_level_quarantine_within_tolerance(tmp_path: Path) -> None:
     assert clean.loc[clean["order_id"] == "O0010", "_row"].tolist() == [11]
     assert 41 in set(clean["_row"])
     assert gate([report]) == {"tables": 1, "warnings": 0}
-    assert json.loads((lake.partition("validation", "pos", "orders", DAY) / "result.json").read_text())["clean"] == 196
+    assert json.loads(lake.get_text("validation", "pos", "orders", DAY, "result.json"))["clean"] == 196
 
 
 def test_too_many_bad_rows_fails_the_gate(tmp_path: Path) -> None:
     raw = _orders(20)
     raw.loc[[3, 7], "total_vnd"] = "-1"  # 10% > the 2% tolerance
-    lake = Lake(tmp_path)
+    lake = Lake.local(tmp_path)
     lake.write("raw", "pos", "orders", DAY, raw)
 
     report = validate_table(lake, "pos", "orders", WINDOW)
@@ -101,7 +101,7 @@ def test_too_many_bad_rows_fails_the_gate(tmp_path: Path) -> None:
 
 
 def test_missing_required_column_is_critical(tmp_path: Path) -> None:
-    lake = Lake(tmp_path)
+    lake = Lake.local(tmp_path)
     lake.write("raw", "pos", "orders", DAY, _orders(5).drop(columns=["ordered_at"]))
 
     report = validate_table(lake, "pos", "orders", WINDOW)
@@ -118,7 +118,7 @@ def test_malformed_suite_raises_naming_file(tmp_path: Path, monkeypatch: pytest.
     suites.mkdir()
     (suites / "orders.json").write_text('{"expectations": [', encoding="utf-8")
     monkeypatch.setenv("AUDIENCES_EXPECTATIONS", str(suites))
-    lake = Lake(tmp_path / "lake")
+    lake = Lake.local(tmp_path / "lake")
     lake.write("raw", "pos", "orders", DAY, _orders(3))
     with pytest.raises(SuiteError) as exc:
         validate_table(lake, "pos", "orders", WINDOW)

@@ -1,0 +1,1 @@
+"""Application state that must survive runs (watermarks, processed files), in a SQL database."""
