@@ -16,9 +16,10 @@ import pandas as pd
 from tasks.config.models import AppConfig
 from tasks.destinations.base import build_destination
 from tasks.features.build import build_features
-from tasks.ingest.base import build_source
+from tasks.ingest.base import ExtractContext, build_source
 from tasks.lake import Lake, open_lake
 from tasks.settings import RunWindow
+from tasks.state.store import StateStore
 from tasks.tables import TABLES
 from tasks.unify.profiles import TableRef, unify
 
@@ -91,12 +92,21 @@ def extract(source: str, table: str, run_date: str) -> dict[str, Any]:
     lake = _lake(cfg)
     window = _window(cfg, run_date)
     src = build_source(source, cfg.sources.sources[source], cfg.directory / "sources.yaml")
-    result = src.extract(table, window)
-    lake.write("raw", source, table, window.run_date, result.frame)
+    result = src.extract(table, ExtractContext(window, StateStore()))
+    lake.write("raw", source, table, window.run_date, result.frame, mode=result.mode)
+    for commit in result.on_commit:
+        commit()
     # Lines that could not even be parsed keep their raw text in quarantine; nothing is dropped.
     lake.write("quarantine", source, table + UNPARSED_SUFFIX, window.run_date, pd.DataFrame(result.rejects))
     log.info("extracted %s.%s: %d rows, %d unparseable", source, table, len(result.frame), len(result.rejects))
-    return {"source": source, "table": table, "rows": len(result.frame), "unparsed": len(result.rejects)}
+    return {
+        "source": source,
+        "table": table,
+        "rows": len(result.frame),
+        "unparsed": len(result.rejects),
+        "mode": result.mode,
+        "notes": result.notes,
+    }
 
 
 def validate(source: str, table: str, run_date: str) -> dict[str, Any]:

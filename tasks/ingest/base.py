@@ -7,6 +7,7 @@ each row tagged with ``_source``/``_row`` so a bad row can be traced to its file
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -15,8 +16,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config.models import SourceConfig
+from tasks.lake import Mode
 from tasks.registry import Registry
 from tasks.settings import RunWindow
+from tasks.state.store import StateStore
 
 
 class SourceOptions(BaseModel):
@@ -24,11 +27,27 @@ class SourceOptions(BaseModel):
 
 
 @dataclass
+class ExtractContext:
+    """What a source may know about the run: the business day, and state kept between runs."""
+
+    window: RunWindow
+    state: StateStore
+
+
+@dataclass
 class Extract:
-    """One canonical table as read from a source, plus rows that could not even be parsed."""
+    """One canonical table as read from a source, plus rows that could not even be parsed.
+
+    ``mode`` says whether ``frame`` is the whole table (snapshot) or only what changed (increment).
+    ``on_commit`` callbacks (advance a watermark, record processed files) run only after the raw
+    partition is durably written, so a crash in between re-reads the data instead of losing it.
+    """
 
     frame: pd.DataFrame
     rejects: list[dict[str, Any]] = field(default_factory=list)  # {_source, _row, _raw, _reason}
+    mode: Mode = "snapshot"
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # reported in the run summary (no personal data)
 
 
 class Source(Protocol):
@@ -37,7 +56,7 @@ class Source(Protocol):
 
     def tables(self) -> list[str]: ...
 
-    def extract(self, table: str, window: RunWindow) -> Extract: ...
+    def extract(self, table: str, ctx: ExtractContext) -> Extract: ...
 
 
 SOURCES = Registry("sources", builtins=("tasks.ingest.crm", "tasks.ingest.pos", "tasks.ingest.web"))

@@ -8,8 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from tasks import settings
-from tasks.ingest.base import Extract, SourceOptions, register
-from tasks.settings import RunWindow
+from tasks.ingest.base import Extract, ExtractContext, SourceOptions, register
 from tasks.tables import ROW_COL, SOURCE_COL
 
 
@@ -33,7 +32,7 @@ class CsvExport:
     def tables(self) -> list[str]:
         return [self.options.table]
 
-    def extract(self, table: str, window: RunWindow) -> Extract:
+    def extract(self, table: str, ctx: ExtractContext) -> Extract:
         path = settings.resolve(self.options.path)
         if not path.is_file():
             raise FileNotFoundError(f"source {self.name!r}: CSV export {path} not found; fix sources.yaml or export it")

@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from pydantic import Field, model_validator
 
 from tasks import settings
-from tasks.ingest.base import Extract, SourceOptions, register
-from tasks.settings import RunWindow
+from tasks.ingest.base import Extract, ExtractContext, SourceOptions, register
 from tasks.tables import ROW_COL, SOURCE_COL
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -63,7 +62,7 @@ class PosDatabase:
     def tables(self) -> list[str]:
         return list(self.options.tables)
 
-    def extract(self, table: str, window: RunWindow) -> Extract:
+    def extract(self, table: str, ctx: ExtractContext) -> Extract:
         url = self._url()
         if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
             raise FileNotFoundError(

@@ -16,8 +16,7 @@ import pandas as pd
 from pydantic import Field
 
 from tasks import settings
-from tasks.ingest.base import Extract, SourceOptions, register
-from tasks.settings import RunWindow
+from tasks.ingest.base import Extract, ExtractContext, SourceOptions, register
 from tasks.tables import ROW_COL, SOURCE_COL
 
 _FILE = re.compile(r"^events_(\d{8})\.ndjson$")
@@ -85,10 +84,10 @@ class Ga4Export:
                     found.append((day, path))
         return sorted(found)
 
-    def extract(self, table: str, window: RunWindow) -> Extract:
+    def extract(self, table: str, ctx: ExtractContext) -> Extract:
         rows: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = []
-        for _, path in self.files(window.run_date):
+        for _, path in self.files(ctx.window.run_date):
             label = f"{path.parent.name}/{path.name}"
             with path.open(encoding="utf-8") as fh:
                 for line_no, line in enumerate(fh, start=1):

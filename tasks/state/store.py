@@ -135,6 +135,10 @@ def _engine(url: str) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
-    engine = sa.create_engine(url, pool_pre_ping=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # One shared connection, or every checkout would see its own empty in-memory database.
+        engine = sa.create_engine(url, poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine)
     return engine

@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 
 from tasks.config.models import SourceConfig
-from tasks.ingest.base import build_source
+from tasks.ingest.base import ExtractContext, build_source
 from tasks.settings import RunWindow
+from tasks.state.store import StateStore
 
 WINDOW = RunWindow(date(2026, 11, 24), ZoneInfo("Asia/Ho_Chi_Minh"))
+CTX = ExtractContext(WINDOW, StateStore("sqlite://"))
 CONFIG_FILE = Path("config/sources.yaml")
 
 
@@ -57,7 +59,7 @@ def _source(history_days: int = 3) -> Any:
 def test_nested_fields_flatten(home: Path) -> None:
     ts = 1_795_539_599_123_456  # 2026-11-24T16:59:59.123456Z
     _write(home / "web", "20261124", [json.dumps(_event(ts))])
-    frame = _source().extract("web_events", WINDOW).frame
+    frame = _source().extract("web_events", CTX).frame
     assert len(frame) == 1
     row = frame.iloc[0]
     assert row["event_at"] == pd.Timestamp("2026-11-24T16:59:59.123456", tz="UTC")
@@ -80,7 +82,7 @@ def test_nested_fields_flatten(home: Path) -> None:
 def test_missing_nested_parts_give_none(home: Path) -> None:
     bare = {"event_timestamp": 1_795_500_000_000_000, "event_name": "page_view", "user_pseudo_id": "p"}
     _write(home / "web", "20261124", [json.dumps(bare)])
-    row = _source().extract("web_events", WINDOW).frame.iloc[0]
+    row = _source().extract("web_events", CTX).frame.iloc[0]
     for col in (
         "user_id",
         "session_id",
@@ -102,7 +104,7 @@ def test_only_files_in_history_window_are_read(home: Path) -> None:
         _write(folder, day, [json.dumps(_event(ts, user=day))])
     (folder / "events_20261124.ndjson.bak").write_text(json.dumps(_event(ts, user="bak")) + "\n")
     (folder / "other_20261124.ndjson").write_text(json.dumps(_event(ts, user="other")) + "\n")
-    frame = _source(history_days=3).extract("web_events", WINDOW).frame
+    frame = _source(history_days=3).extract("web_events", CTX).frame
     assert sorted(frame["user_id"]) == ["20261122", "20261123", "20261124"]
 
 
@@ -113,7 +115,7 @@ def test_unparseable_line_is_rejected_others_load(home: Path) -> None:
         "20261124",
         [json.dumps(_event(ts, user="a")), '{"event_name": "broken', "", json.dumps(_event(ts, user="b"))],
     )
-    result = _source().extract("web_events", WINDOW)
+    result = _source().extract("web_events", CTX)
     assert result.frame["user_id"].tolist() == ["a", "b"]
     assert result.frame["_row"].tolist() == [1, 4]
     assert len(result.rejects) == 1
@@ -127,11 +129,11 @@ def test_unparseable_line_is_rejected_others_load(home: Path) -> None:
 def test_non_object_line_is_rejected(home: Path) -> None:
     """Valid JSON that is not an event object (e.g. a list) must be a reject, not a crash."""
     _write(home / "web", "20261124", ["[1, 2]", json.dumps(_event(1_795_500_000_000_000))])
-    result = _source().extract("web_events", WINDOW)
+    result = _source().extract("web_events", CTX)
     assert len(result.frame) == 1
     assert [r["_row"] for r in result.rejects] == [1]
 
 
 def test_missing_folder_is_named(home: Path) -> None:
     with pytest.raises(FileNotFoundError, match="web"):
-        _source().extract("web_events", WINDOW)
+        _source().extract("web_events", CTX)

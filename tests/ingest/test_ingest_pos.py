@@ -11,10 +11,12 @@ import pytest
 
 from tasks.config.loader import ConfigError
 from tasks.config.models import SourceConfig
-from tasks.ingest.base import build_source
+from tasks.ingest.base import ExtractContext, build_source
 from tasks.settings import RunWindow
+from tasks.state.store import StateStore
 
 WINDOW = RunWindow(date(2026, 11, 24), ZoneInfo("Asia/Ho_Chi_Minh"))
+CTX = ExtractContext(WINDOW, StateStore("sqlite://"))
 CONFIG_FILE = Path("config/sources.yaml")
 
 
@@ -42,7 +44,7 @@ def test_extract_tags_lineage_and_orders_by_id(db: Path) -> None:
         CONFIG_FILE,
     )
     assert src.tables() == ["orders"]
-    frame = src.extract("orders", WINDOW).frame
+    frame = src.extract("orders", CTX).frame
     assert frame["order_id"].tolist() == ["O1", "O2", "O3"]
     assert frame["_row"].tolist() == [10, 20, 30]
     assert set(frame["_source"]) == {"shop.sqlite:orders"}
@@ -57,7 +59,7 @@ def test_relative_sqlite_path_resolves_against_home(db: Path) -> None:
         ),
         CONFIG_FILE,
     )
-    assert len(src.extract("orders", WINDOW).frame) == 3
+    assert len(src.extract("orders", CTX).frame) == 3
 
 
 def test_url_env_reads_url_from_environment(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,14 +69,14 @@ def test_url_env_reads_url_from_environment(db: Path, monkeypatch: pytest.Monkey
         SourceConfig(kind="sql_database", options={"url_env": "TEST_POS_URL", "tables": {"orders": "orders"}}),
         CONFIG_FILE,
     )
-    assert src.extract("orders", WINDOW).frame["order_id"].tolist() == ["O1", "O2", "O3"]
+    assert src.extract("orders", CTX).frame["order_id"].tolist() == ["O1", "O2", "O3"]
 
 
 def test_missing_url_env_variable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TEST_POS_URL_UNSET", raising=False)
     src = build_source("pos", SourceConfig(kind="sql_database", options={"url_env": "TEST_POS_URL_UNSET"}), CONFIG_FILE)
     with pytest.raises(RuntimeError, match=r"TEST_POS_URL_UNSET.*not set"):
-        src.extract("orders", WINDOW)
+        src.extract("orders", CTX)
 
 
 def test_both_url_and_url_env_is_config_error() -> None:
@@ -123,4 +125,4 @@ def test_unknown_kind_suggests_close_match() -> None:
 def test_missing_sqlite_file_is_named(home: Path) -> None:
     src = build_source("pos", SourceConfig(kind="sql_database", options={"url": "sqlite:///nope.sqlite"}), CONFIG_FILE)
     with pytest.raises(FileNotFoundError, match=r"nope\.sqlite"):
-        src.extract("orders", WINDOW)
+        src.extract("orders", CTX)
