@@ -11,6 +11,7 @@ import logging
 from datetime import date, datetime
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from tasks.config.models import AppConfig
@@ -93,7 +94,10 @@ def extract(source: str, table: str, run_date: str) -> dict[str, Any]:
     window = _window(cfg, run_date)
     src = build_source(source, cfg.sources.sources[source], cfg.directory / "sources.yaml")
     result = src.extract(table, ExtractContext(window, StateStore()))
-    lake.write("raw", source, table, window.run_date, result.frame, mode=result.mode)
+    frame = result.frame
+    if result.mode == "increment" and result.dedupe_on and len(frame):
+        frame = drop_already_loaded(lake, source, table, window.run_date, frame, result.dedupe_on)
+    lake.write("raw", source, table, window.run_date, frame, mode=result.mode)
     for commit in result.on_commit:
         commit()
     # Lines that could not even be parsed keep their raw text in quarantine; nothing is dropped.
@@ -102,11 +106,33 @@ def extract(source: str, table: str, run_date: str) -> dict[str, Any]:
     return {
         "source": source,
         "table": table,
-        "rows": len(result.frame),
+        "rows": len(frame),
         "unparsed": len(result.rejects),
         "mode": result.mode,
         "notes": result.notes,
     }
+
+
+def drop_already_loaded(
+    lake: Lake, source: str, table: str, day: date, frame: pd.DataFrame, keys: tuple[str, ...]
+) -> pd.DataFrame:
+    """Rows re-read by a lookback that an earlier date already loaded unchanged.
+
+    The date being (re-)run is excluded from the comparison: its own partition is being replaced.
+    """
+    earlier = [p for p in lake.history("raw", source, table, day) if p.day != day]
+    files = [f for p in earlier for f in p.files]
+    if not files:
+        return frame
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        seen = con.read_parquet(files, union_by_name=True).select(*keys).distinct().df()
+    finally:
+        con.close()
+    marker = seen.assign(_seen=True)
+    merged = frame.merge(marker, on=list(keys), how="left")
+    return frame.loc[merged["_seen"].isna().to_numpy()].reset_index(drop=True)
 
 
 def validate(source: str, table: str, run_date: str) -> dict[str, Any]:

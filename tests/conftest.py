@@ -34,3 +34,33 @@ def small_sample() -> SampleData:
 def sample_home(home: Path, small_sample: SampleData) -> Iterator[Path]:
     write(small_sample, home / "sample")
     yield home
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible HTTP server on loopback (moto in server mode) for the whole session."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty bucket; AUDIENCES_S3_ENDPOINT_URL points the code at the loopback server."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AUDIENCES_S3_ENDPOINT_URL", s3_endpoint)
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name

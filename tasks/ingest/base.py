@@ -48,6 +48,9 @@ class Extract:
     mode: Mode = "snapshot"
     on_commit: list[Callable[[], None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # reported in the run summary (no personal data)
+    # For increments read with a lookback: rows whose values in these columns (e.g. primary key +
+    # updated_at) were already loaded by an earlier date are dropped, so only real changes arrive.
+    dedupe_on: tuple[str, ...] = ()
 
 
 class Source(Protocol):
