@@ -71,12 +71,19 @@ def customer_segments() -> None:
 
         return pipeline.validate(extracted["source"], extracted["table"], run_date)
 
-    @task(retries=0)
-    def quality_gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    @task
+    def validation_wave(extracted: list[dict[str, Any]], wave: str) -> list[dict[str, Any]]:
+        """Tables referenced by others (orders) are validated before those referencing them (lines)."""
+        from tasks import pipeline
+
+        return pipeline.validation_waves(_as_list(extracted))[wave]
+
+    @task(retries=0, trigger_rule="none_failed")
+    def quality_gate(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> dict[str, Any]:
         """Fails the run, before any delivery, when a critical expectation failed."""
         from tasks import pipeline
 
-        return pipeline.gate(_as_list(reports))
+        return pipeline.gate(_as_list(first) + _as_list(second))
 
     @task
     def unify(run_date: str) -> dict[str, int]:
@@ -104,16 +111,25 @@ def customer_segments() -> None:
 
     @task
     def summarize(
-        run_date: str, extracts: list[dict[str, Any]], reports: list[dict[str, Any]], deliveries: list[Any]
+        run_date: str,
+        extracts: list[dict[str, Any]],
+        first: list[dict[str, Any]],
+        second: list[dict[str, Any]],
+        deliveries: list[Any],
     ) -> dict[str, Any]:
         from tasks import pipeline
 
-        return pipeline.summarize(run_date, _as_list(extracts), _as_list(reports), _as_list(deliveries))
+        reports = _as_list(first) + _as_list(second)
+        return pipeline.summarize(run_date, _as_list(extracts), reports, _as_list(deliveries))
 
     run_date = resolve_run()
     extracted = extract.partial(run_date=run_date).expand(pair=list_source_tables())
-    reports = validate.partial(run_date=run_date).expand(extracted=extracted)
-    gate = quality_gate(reports)
+    first_wave = validation_wave.override(task_id="tables_to_validate_first")(extracted, "first")
+    second_wave = validation_wave.override(task_id="tables_referencing_others")(extracted, "second")
+    first = validate.partial(run_date=run_date).expand(extracted=first_wave)
+    second = validate.override(task_id="validate_referencing").partial(run_date=run_date).expand(extracted=second_wave)
+    first >> second
+    gate = quality_gate(first, second)
     unified = unify(run_date)
     gate >> unified
     feats = build_features(run_date)
@@ -121,7 +137,7 @@ def customer_segments() -> None:
     segs = evaluate_segments(run_date)
     feats >> segs
     delivered = deliver.partial(run_date=run_date).expand(segment=segs)
-    summarize(run_date, extracted, reports, delivered)
+    summarize(run_date, extracted, first, second, delivered)
 
 
 customer_segments_dag = customer_segments()

@@ -21,8 +21,8 @@ from tasks.ingest.base import ExtractContext, build_source
 from tasks.lake import Lake, open_lake
 from tasks.settings import RunWindow
 from tasks.state.store import StateStore
-from tasks.tables import TABLES
-from tasks.unify.profiles import TableRef, unify
+from tasks.tables import TABLES, TableRef
+from tasks.unify.profiles import unify
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,22 @@ def source_tables() -> list[dict[str, str]]:
     return pairs
 
 
+def validation_waves(extracted: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Split extracted tables into those validated first and those that reference them.
+
+    A reference expectation (order lines point at existing orders) must see the referenced table's
+    clean rows of this run, so referencing tables are validated in a second wave.
+    """
+    from tasks.validate.dynamic import referenced_tables
+    from tasks.validate.expectations import load_suite
+
+    referencing = {e["table"] for e in extracted if referenced_tables(load_suite(e["table"])["expectations"])}
+    return {
+        "first": [e for e in extracted if e["table"] not in referencing],
+        "second": [e for e in extracted if e["table"] in referencing],
+    }
+
+
 def _refs() -> dict[str, TableRef]:
     return {p["table"]: TableRef(p["source"], p["table"]) for p in source_tables()}
 
@@ -139,7 +155,7 @@ def validate(source: str, table: str, run_date: str) -> dict[str, Any]:
     from tasks.validate.stage import validate_table
 
     cfg = _config()
-    report = validate_table(_lake(cfg), source, table, _window(cfg, run_date))
+    report = validate_table(_lake(cfg), source, table, _window(cfg, run_date), _refs())
     return {
         k: report[k]
         for k in (

@@ -116,6 +116,15 @@ TABLES: dict[str, TableSpec] = {
     )
 }
 
+
+@dataclass(frozen=True)
+class TableRef:
+    """Which source feeds a canonical table in this deployment (from sources.yaml)."""
+
+    source: str
+    table: str
+
+
 # Lineage columns every extractor adds: where a row came from, so any message can name it.
 SOURCE_COL = "_source"
 ROW_COL = "_row"

@@ -17,7 +17,8 @@ from tasks.current import register_current
 from tasks.features.catalog import COLUMNS
 from tasks.lake import Lake
 from tasks.settings import RunWindow
-from tasks.unify.profiles import UNIFIED, TableRef
+from tasks.tables import TableRef
+from tasks.unify.profiles import UNIFIED
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,9 @@ class Source(Protocol):
     def extract(self, table: str, ctx: ExtractContext) -> Extract: ...
 
 
-SOURCES = Registry("sources", builtins=("tasks.ingest.crm", "tasks.ingest.pos", "tasks.ingest.web"))
+SOURCES = Registry(
+    "sources", builtins=("tasks.ingest.crm", "tasks.ingest.pos", "tasks.ingest.web", "tasks.ingest.files")
+)
 register = SOURCES.register
 
 

@@ -8,7 +8,6 @@ contacts and logged-in web events share; identity resolution across emails, phon
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -17,18 +16,11 @@ from tasks.lake import Lake
 from tasks.normalize.contact import normalize_email, normalize_phone
 from tasks.normalize.province import canonical_province
 from tasks.settings import RunWindow
+from tasks.tables import TableRef
 
 log = logging.getLogger(__name__)
 
 UNIFIED = "audiences"
-
-
-@dataclass(frozen=True)
-class TableRef:
-    """Which source feeds a canonical table in this deployment (from sources.yaml)."""
-
-    source: str
-    table: str
 
 
 def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -95,11 +96,19 @@ def _context() -> Any:
     return context
 
 
-def run_suite(table: str, frame: pd.DataFrame, parameters: dict[str, Any]) -> SuiteOutcome:
+def run_suite(
+    table: str,
+    frame: pd.DataFrame,
+    parameters: dict[str, Any],
+    prepare: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+) -> SuiteOutcome:
+    """Validate ``frame``; ``prepare`` may fill run-dependent kwargs (see validate/dynamic.py)."""
     _quiet()
     import great_expectations as gx
 
     suite_doc = load_suite(table)
+    if prepare is not None:
+        suite_doc = {**suite_doc, "expectations": prepare(suite_doc["expectations"])}
     context = _context()
     name = f"{table}-{id(frame)}"
     data_source = context.data_sources.add_or_update_pandas(name)

@@ -9,10 +9,13 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.current import current_frame
 from tasks.lake import Lake
 from tasks.settings import RunWindow
-from tasks.tables import ROW_COL, SOURCE_COL, TABLES
+from tasks.tables import ROW_COL, SOURCE_COL, TABLES, TableRef
+from tasks.validate import dynamic
 from tasks.validate.conform import conform
+from tasks.validate.dynamic import DynamicError
 from tasks.validate.expectations import ExpectationOutcome, run_suite
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,10 @@ def quarantine_frame(raw: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.Dat
     return bad.reset_index(drop=True)
 
 
-def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> dict[str, Any]:
+def validate_table(
+    lake: Lake, source: str, table: str, window: RunWindow, refs: dict[str, TableRef] | None = None
+) -> dict[str, Any]:
+    """Validate the raw partition of one table; ``refs`` says which source holds referenced tables."""
     spec = TABLES[table]
     raw = lake.read("raw", source, table, window.run_date)
     conformed = conform(raw, spec)
@@ -53,7 +59,16 @@ def validate_table(lake: Lake, source: str, table: str, window: RunWindow) -> di
     else:
         typed = conformed.frame.drop(index=list(conformed.rejects))
         params = {"as_of": pd.Timestamp(window.as_of).tz_convert("UTC"), "run_date": window.run_date.isoformat()}
-        suite = run_suite(table, typed, params)
+
+        def known_keys(ref_table: str, column: str) -> list[Any]:
+            if not refs or ref_table not in refs:
+                raise DynamicError(f"{table} references {ref_table}, which no configured source provides")
+            keys = current_frame(lake, refs[ref_table].source, ref_table, window.run_date)[column]
+            return [k for k in keys.dropna().unique().tolist()]
+
+        suite = run_suite(
+            table, typed, params, lambda exps: dynamic.resolve(exps, lake, source, table, window, known_keys)
+        )
         outcomes.extend(suite.outcomes)
         for i, r in suite.row_reasons.items():
             reasons.setdefault(i, []).extend(r)
