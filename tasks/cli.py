@@ -54,7 +54,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"\n  {'segment':<24}{'members':>9}  file")
     for s in summary["segments"]:
         print(f"  {s['segment']:<24}{s['members']:>9,}  {s['location']}")
+    for warning in summary.get("warnings", []):
+        print(f"  warning: {warning}")
     print(f"\n  quarantined rows (with reasons): {summary['quarantine']}")
+    print(f"  data-quality report: {summary['quality_report']}")
 
 
 def cmd_run(run_date: date) -> int:

@@ -167,11 +167,27 @@ def validate(source: str, table: str, run_date: str) -> dict[str, Any]:
             "quarantine_reasons",
             "critical_failures",
             "warnings",
+            "expectations",
+            "run_date",
         )
     }
 
 
+def quality_report_location(run_date: str) -> str:
+    lake = _lake(_config())
+    return lake.store.describe(lake.prefix("runs", RUNS, "quality", date.fromisoformat(run_date)) + "report.html")
+
+
 def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the run's data-quality report, then stop the run if any critical expectation failed."""
+    from tasks.validate import report as html_report
+
+    reports = sorted(reports, key=lambda r: (r["source"], r["table"]))
+    location = None
+    if reports:
+        day = date.fromisoformat(reports[0]["run_date"])
+        html = html_report.render(day.isoformat(), reports)
+        location = _lake(_config()).put_text("runs", RUNS, "quality", day, "report.html", html)
     failures = [
         f"{r['source']}.{r['table']}: {f['name']} ({f['error'] or str(f['failed_rows']) + ' failing rows'})"
         for r in reports
@@ -181,10 +197,10 @@ def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
         raise QualityGateError(
             "critical data-quality failure; no segment will be delivered for this run:\n  "
             + "\n  ".join(failures)
-            + "\nInspect the quarantine zone and the validation results in the lake, "
+            + f"\nSee the data-quality report {location} and the quarantine zone; "
             "fix the source, then re-run the date."
         )
-    return {"tables": len(reports), "warnings": sum(len(r["warnings"]) for r in reports)}
+    return {"tables": len(reports), "warnings": sum(len(r["warnings"]) for r in reports), "report": location}
 
 
 def build_unified(run_date: str) -> dict[str, int]:
@@ -256,6 +272,11 @@ def summarize(
         "tables": tables,
         "segments": [d for per_segment in deliveries for d in per_segment],
         "quarantine": lake.store.describe("quarantine/"),
+        "quality_report": quality_report_location(run_date),
+        "warnings": sorted(
+            {f"{r['source']}.{r['table']}: {w['name']}" for r in reports for w in r["warnings"]}
+            | {f"{e['source']}.{e['table']}: {n}" for e in extracts for n in e.get("notes", [])}
+        ),
     }
     lake.put_text("runs", RUNS, "summary", window.run_date, "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -15,6 +15,13 @@ from tasks.sample import SampleData, generate, write
 RUN_DATE = date(2026, 11, 24)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes into the repository's var/: stages that default to AUDIENCES_HOME land in tmp."""
+    monkeypatch.setenv("AUDIENCES_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("AUDIENCES_STATE_DB_URL", raising=False)
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty AUDIENCES_HOME with a private, editable copy of the repository's config."""

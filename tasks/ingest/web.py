@@ -109,11 +109,11 @@ class Ga4Export:
         rows: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = []
         notes: list[str] = []
-        files = self.files(ctx.window.run_date)
-        days_with_parquet = {day for day, key in files if key.endswith(".parquet")}
-        for day, key in files:
-            if key.endswith(".ndjson") and day in days_with_parquet:
-                # Both exports of one day hold the same events: reading both would double them.
+        read_days: set[date] = set()
+        # Parquet first within a day: when a day exists in both formats, the NDJSON is only read if
+        # the Parquet file could not be, since both hold the same events and reading both doubles them.
+        for day, key in sorted(self.files(ctx.window.run_date), key=lambda f: (f[0], not f[1].endswith(".parquet"))):
+            if day in read_days:
                 notes.append(f"{key} ignored: the Parquet export of {day.isoformat()} is read instead")
                 continue
             label = f"{prefix}/{key}" if prefix else key
@@ -124,6 +124,7 @@ class Ga4Export:
             except _Unreadable as exc:
                 rejects.append(unreadable(label, data, str(exc)))
                 continue
+            read_days.add(day)
             for line_no, raw, event in parsed:
                 try:
                     if isinstance(event, Exception):

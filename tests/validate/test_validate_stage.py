@@ -80,7 +80,10 @@ def test_row_level_quarantine_within_tolerance(tmp_path: Path) -> None:
     assert (clean["order_id"] == "O0010").sum() == 1
     assert clean.loc[clean["order_id"] == "O0010", "_row"].tolist() == [11]
     assert 41 in set(clean["_row"])
-    assert gate([report]) == {"tables": 1, "warnings": 0}
+    outcome = gate([report])
+    assert outcome["tables"] == 1 and outcome["warnings"] == 0
+    html = Path(outcome["report"]).read_text(encoding="utf-8")
+    assert "pos.orders" in html and "orders.total_not_negative" in html and "O0010" not in html
     assert json.loads(lake.get_text("validation", "pos", "orders", DAY, "result.json"))["clean"] == 196
 
 
