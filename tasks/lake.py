@@ -71,6 +71,7 @@ class Lake:
             "files": [key.removeprefix(prefix)],
             "rows": len(frame),
             "mode": mode,
+            "schema": {str(c): ("null" if frame[c].isna().all() else str(t)) for c, t in frame.dtypes.items()},
             "attempt": attempt,
             "written_at": datetime.now(UTC).isoformat(),
         }

@@ -109,7 +109,9 @@ def extract(source: str, table: str, run_date: str) -> dict[str, Any]:
     lake = _lake(cfg)
     window = _window(cfg, run_date)
     src = build_source(source, cfg.sources.sources[source], cfg.directory / "sources.yaml")
-    result = src.extract(table, ExtractContext(window, StateStore()))
+    earlier = [p for p in lake.history("raw", source, table, window.run_date) if p.day < window.run_date]
+    needs_snapshot = not any(p.mode == "snapshot" for p in earlier)
+    result = src.extract(table, ExtractContext(window, StateStore(), needs_snapshot=needs_snapshot))
     frame = result.frame
     if result.mode == "increment" and result.dedupe_on and len(frame):
         frame = drop_already_loaded(lake, source, table, window.run_date, frame, result.dedupe_on)

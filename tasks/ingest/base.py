@@ -32,6 +32,9 @@ class ExtractContext:
 
     window: RunWindow
     state: StateStore
+    # True when the lake holds no snapshot of this table before the run date: the partition written
+    # now is the base of the table's state, so an incremental source must read it whole.
+    needs_snapshot: bool = False
 
 
 @dataclass
@@ -63,7 +66,8 @@ class Source(Protocol):
 
 
 SOURCES = Registry(
-    "sources", builtins=("tasks.ingest.crm", "tasks.ingest.pos", "tasks.ingest.web", "tasks.ingest.files")
+    "sources",
+    builtins=("tasks.ingest.crm", "tasks.ingest.crm_api", "tasks.ingest.files", "tasks.ingest.pos", "tasks.ingest.web"),
 )
 register = SOURCES.register
 

@@ -36,6 +36,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from tasks.ingest.base import Extract, ExtractContext, SourceOptions, register
+from tasks.lake import Mode
 from tasks.tables import ROW_COL, SOURCE_COL, TABLES
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,9 @@ def _next_cursor(page: dict[str, Any]) -> str | None:
 class CrmApi:
     kind: ClassVar[str]
     Options = CrmApiOptions
+    search_result_limit: ClassVar[int] = SEARCH_RESULT_LIMIT
 
-    def __init__(
-        self, name: str, options: CrmApiOptions, *, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
+    def __init__(self, name: str, options: CrmApiOptions, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.name = name
         self.options = options
         self._sleep = sleep  # injectable so retry tests do not actually wait
@@ -231,7 +231,7 @@ class CrmApi:
                     failure, wait = "HTTP 429 (rate limited)", _retry_after(response)
                 elif status >= 500:
                     failure = f"HTTP {status}"
-                elif status >= 400:
+                elif status >= 300:  # redirects are not followed (token), other 4xx are our request's fault
                     raise CrmApiError(
                         f"source {self.name!r}: {label} returned HTTP {status}{self._category(response)}; "
                         "check base_url, properties and page_size in sources.yaml"
@@ -278,12 +278,16 @@ class CrmApi:
         return list(dict.fromkeys([*self.options.properties, MODIFIED]))
 
     def _pages(
-        self, fetch: Callable[[str | None], dict[str, Any]], what: str, notes: list[str]
+        self,
+        fetch: Callable[[str | None], dict[str, Any]],
+        what: str,
+        notes: list[str],
+        cursor_limit: int | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Follow cursors until none is left; a cursor or page served twice stops the loop with a note.
 
-        Returns the records and, when the cursor reached ``SEARCH_RESULT_LIMIT`` for a search, the
-        cursor that could not be followed (the caller narrows the query instead).
+        Returns the records and, when a numeric cursor reached ``cursor_limit``, that cursor (the
+        caller narrows the query instead of asking for a page the API would refuse).
         """
         records: list[dict[str, Any]] = []
         seen_ids: set[str] = set()
@@ -296,20 +300,29 @@ class CrmApi:
             results = [r for r in page.get("results") or [] if isinstance(r, dict)]
             ids = {str(r.get("id")) for r in results}
             if results and ids <= seen_ids:
-                notes.append(f"{what}: page {pages} repeated contacts already read; stopped paging there")
-                return records, None
+                return self._stop(records, what, f"page {pages} repeated contacts already read", notes)
             records.extend(results)
             seen_ids |= ids
             cursor = _next_cursor(page)
             if cursor is None:
                 return records, None
             if cursor in cursors or cursor == after:
-                notes.append(f"{what}: the API repeated paging cursor after page {pages}; stopped paging there")
-                return records, None
+                return self._stop(records, what, f"the API repeated paging cursor after page {pages}", notes)
             cursors.add(cursor)
-            if what.startswith("search") and cursor.isdigit() and int(cursor) >= SEARCH_RESULT_LIMIT:
+            if cursor_limit is not None and cursor.isdigit() and int(cursor) >= cursor_limit:
                 return records, cursor
             after = cursor
+
+    @staticmethod
+    def _stop(
+        records: list[dict[str, Any]], what: str, problem: str, notes: list[str]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """An increment may stop early (the watermark resumes from what was read); a snapshot may not:
+        it replaces the whole table, so a partial one would make the missing contacts disappear."""
+        if what == "list":
+            raise CrmApiError(f"snapshot of contacts aborted: {problem}; nothing was written, retry the run later")
+        notes.append(f"{what}: {problem}; stopped paging there")
+        return records, None
 
     def _list_all(self, client: httpx.Client, notes: list[str]) -> list[dict[str, Any]]:
         def fetch(after: str | None) -> dict[str, Any]:
@@ -351,7 +364,7 @@ class CrmApi:
                     body["after"] = after
                 return self._send(client, "POST", SEARCH_PATH, body=body)
 
-            batch, stopped_at = self._pages(fetch, "search", notes)
+            batch, stopped_at = self._pages(fetch, "search", notes, self.search_result_limit)
             records.extend(batch)
             if stopped_at is None:
                 return records
@@ -359,7 +372,7 @@ class CrmApi:
             next_lower = _to_ms(max(times)) if times else lower
             if next_lower <= lower:
                 notes.append(
-                    f"search: more than {SEARCH_RESULT_LIMIT} contacts share one modification time; "
+                    f"search: more than {self.search_result_limit} contacts share one modification time; "
                     "the rest of this increment was not read: run with full_refresh"
                 )
                 return records
@@ -396,22 +409,22 @@ class CrmApi:
             row["updated_at"] = _iso(moment)
         return row
 
-    def _latest_per_id(self, records: list[dict[str, Any]]) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    def _latest_per_id(self, records: list[tuple[int, dict[str, Any]]]) -> tuple[list[tuple[int, dict[str, Any]]], int]:
         """One record per contact id, the most recently modified; position kept for ``_row`` lineage."""
         best: dict[str, tuple[datetime, int, dict[str, Any]]] = {}
-        for position, record in enumerate(records, start=1):
+        for position, record in records:
             key = str(record.get("id"))
             moment = _parse_time(self._modified(record) or "") or _EPOCH
             if key not in best or moment >= best[key][0]:
                 best[key] = (moment, position, record)
-        kept = sorted((pos, rec) for _, pos, rec in best.values())
+        kept = sorted(((pos, rec) for _, pos, rec in best.values()), key=lambda item: item[0])
         return kept, len(records) - len(kept)
 
     def _frame(self, kept: list[tuple[int, dict[str, Any]]]) -> pd.DataFrame:
         columns = list(dict.fromkeys([*self.options.properties.values(), "contact_id", "updated_at"]))
         rows = [self._row(rec) for _, rec in kept]
         frame = pd.DataFrame(rows, columns=columns, dtype=object)
-        frame[SOURCE_COL] = f"{self.kind}:{TABLE}"
+        frame[SOURCE_COL] = f"{self.kind}:{TABLE}"  # the endpoint, not the configured name: lineage
         frame[ROW_COL] = pd.Series([pos for pos, _ in kept], dtype="int64")
         return frame
 
@@ -421,25 +434,37 @@ class CrmApi:
         if table != TABLE:
             raise ValueError(f"source {self.name!r} provides only {TABLE!r}, not {table!r}")
         notes: list[str] = []
-        watermark = None if self.options.full_refresh else ctx.state.get_watermark(self.name, table)
+        # No earlier snapshot in the lake (first load, or re-running the earliest date): read it whole.
+        whole = self.options.full_refresh or ctx.needs_snapshot
+        watermark = None if whole else ctx.state.get_watermark(self.name, table)
         since = _parse_time(watermark) if watermark else None
         if watermark and since is None:
             notes.append("stored watermark is not a timestamp; read a full snapshot instead")
+        mode: Mode
         with self._client() as client:
             if since is None:
                 records = self._list_all(client, notes)
                 mode = "snapshot"
             else:
-                as_of = ctx.window.as_of.astimezone(UTC)
-                if since > as_of:
-                    # A re-run or backfill of an earlier date: read that day's changes, not the empty
-                    # range between the (later) watermark and this date's as_of.
-                    notes.append("watermark is after this date's as_of (re-run or backfill): read the day itself")
-                    since = ctx.window.day_start(ctx.window.run_date).astimezone(UTC)
+                day_start = ctx.window.day_start(ctx.window.run_date).astimezone(UTC)
+                if since > day_start:
+                    # A re-run or backfill of this date (or the first increment after a snapshot): the
+                    # single watermark is already past the day, so read the whole day again instead of
+                    # replacing its partition with only the last few hours.
+                    notes.append("watermark is past the start of the run date: read the whole day's changes")
+                    since = day_start
                 since -= timedelta(hours=self.options.lookback_hours)
-                records = self._search_all(client, since, as_of, notes)
+                records = self._search_all(client, since, ctx.window.as_of.astimezone(UTC), notes)
                 mode = "increment"
-        kept, duplicates = self._latest_per_id(records)
+        label = f"{self.kind}:{TABLE}"
+        rejects = [
+            {SOURCE_COL: label, ROW_COL: pos, "_raw": json.dumps(rec, default=str), "_reason": "contact without id"}
+            for pos, rec in enumerate(records, start=1)
+            if _text(rec.get("id")) is None
+        ]
+        kept, duplicates = self._latest_per_id(
+            [(pos, rec) for pos, rec in enumerate(records, start=1) if _text(rec.get("id")) is not None]
+        )
         if duplicates:
             notes.append(f"{duplicates} duplicate contact record(s) from the API dropped (kept the latest)")
         frame = self._frame(kept)
@@ -451,7 +476,8 @@ class CrmApi:
         log.info("source %s: read %d contacts (%s) from the CRM API", self.name, len(frame), mode)
         return Extract(
             frame,
-            mode="snapshot" if mode == "snapshot" else "increment",
+            rejects,
+            mode=mode,
             on_commit=on_commit,
             notes=notes,
             dedupe_on=("contact_id", "updated_at") if mode == "increment" else (),

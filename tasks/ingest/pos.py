@@ -4,7 +4,8 @@ Tables are read whole (a snapshot per run) unless ``incremental`` names them. An
 is read by a change-timestamp column (``updated_at`` by default). For run date D:
 
 * upper bound ``column < as_of(D)`` always, so a backfill of a past date never loads later rows;
-* first load (no watermark yet) or ``full_refresh``: no lower bound, the partition is a snapshot
+* first load (no watermark yet), ``full_refresh``, or no snapshot before D in the lake (re-running or
+  backfilling the earliest date): no lower bound, the partition is a snapshot
   (rows whose column is NULL are kept too, so they are never silently lost);
 * otherwise lower bound ``column >= min(watermark, day_start(D)) - lookback_hours`` and the
   partition is an increment. The lookback re-reads rows committed late (long transactions, clock
@@ -203,9 +204,9 @@ class PosDatabase:
             raise RuntimeError(f"source {self.name!r}: cannot read {label}: {_safe_reason(exc, url)}") from None
         finally:
             engine.dispose()
+        watermark = None if plan is None else _max_utc(frame[plan.column])
         rows = frame.pop(row_col) if row_col in frame.columns else pd.Series(range(1, len(frame) + 1))
         renames = self.options.columns.get(table, {})
-        watermark = None if plan is None else _max_utc(frame[plan.column])
         frame = frame.rename(columns=renames)
         if frame.columns.duplicated().any():
             dupes = sorted(set(frame.columns[frame.columns.duplicated()]))
@@ -269,8 +270,14 @@ class PosDatabase:
         upper = target < bound(ctx.window.as_of)
         stored = ctx.state.get_watermark(self.name, table)
         dedupe_on = tuple(renames.get(c, c) for c in (*key, spec.column))
-        if stored is None or self.options.full_refresh:
-            why = "full_refresh" if self.options.full_refresh else "first load"
+        if stored is None or self.options.full_refresh or ctx.needs_snapshot:
+            why = (
+                "full_refresh"
+                if self.options.full_refresh
+                else "first load"
+                if stored is None
+                else "no earlier snapshot in the lake"
+            )
             return _Plan(
                 spec.column,
                 [sa.or_(upper, col.is_(None))],

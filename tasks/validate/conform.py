@@ -25,6 +25,7 @@ class Conformed:
     missing_required: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     extra_columns: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _to_bool(value: Any) -> Any:
@@ -46,10 +47,34 @@ def _integer(s: pd.Series) -> pd.Series:
     return whole.astype("Int64")
 
 
-def _timestamp(s: pd.Series) -> pd.Series:
+_TZ_SUFFIX = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)\s*$"
+
+
+def naive_mask(s: pd.Series) -> pd.Series:
+    """Values that carry a date-time but no time zone (``2026-11-20 10:00``)."""
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return pd.Series(False, index=s.index)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return s.notna()
+    text = s.astype("string").str.strip()
+    return (text.str.len() > 10).fillna(False) & ~text.str.contains(_TZ_SUFFIX, regex=True).fillna(True)
+
+
+def timestamps(s: pd.Series, naive_zone: str) -> pd.Series:
+    """UTC timestamps; values without a zone are read as wall-clock time in ``naive_zone``.
+
+    POS terminals often write local time without an offset; reading it as UTC would shift every
+    Vietnamese sale by seven hours and move evening sales to the wrong business day.
+    """
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         return s.dt.tz_convert("UTC")
-    return pd.to_datetime(s, utc=True, format="ISO8601", errors="coerce")
+    naive = naive_mask(s)
+    out = pd.to_datetime(s.where(~naive), utc=True, format="ISO8601", errors="coerce")
+    if naive.any():
+        local = pd.to_datetime(s.where(naive), format="ISO8601", errors="coerce")
+        local = local.dt.tz_localize(naive_zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+        out = out.where(~naive, local)
+    return out
 
 
 def _date(s: pd.Series) -> pd.Series:
@@ -63,7 +88,7 @@ CASTS: dict[ColumnType, Callable[[pd.Series], pd.Series]] = {
     "number": lambda s: pd.to_numeric(s, errors="coerce").astype("float64"),
     "boolean": lambda s: s.map(_to_bool).astype("boolean"),
     "date": _date,
-    "timestamp": _timestamp,
+    "timestamp": lambda s: timestamps(s, "UTC"),
 }
 
 
@@ -71,7 +96,7 @@ def _present(s: pd.Series) -> pd.Series:
     return s.notna() & (s.astype("string").str.strip() != "")
 
 
-def conform(raw: pd.DataFrame, spec: TableSpec) -> Conformed:
+def conform(raw: pd.DataFrame, spec: TableSpec, naive_zone: str = "UTC") -> Conformed:
     out = Conformed(frame=pd.DataFrame(index=raw.index))
     lineage = [c for c in (SOURCE_COL, ROW_COL) if c in raw.columns]
     out.extra_columns = sorted(c for c in raw.columns if c not in spec.columns and c not in lineage)
@@ -81,7 +106,13 @@ def conform(raw: pd.DataFrame, spec: TableSpec) -> Conformed:
             out.frame[col] = pd.Series(pd.NA, index=raw.index, dtype="string" if kind == "string" else "object")
             continue
         src = raw[col]
-        cast = CASTS[kind](src)
+        if kind == "timestamp":
+            naive = int(naive_mask(src).sum())
+            if naive:
+                out.notes.append(f"{col}: {naive} timestamp(s) without a time zone read as {naive_zone}")
+            cast = timestamps(src, naive_zone)
+        else:
+            cast = CASTS[kind](src)
         failed = _present(src) & cast.isna()
         for idx in raw.index[failed.fillna(False).to_numpy(dtype=bool)]:
             out.rejects.setdefault(int(idx), []).append(f"cast.{col}: not a valid {kind}")

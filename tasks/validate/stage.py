@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
+from datetime import date
 from typing import Any
 
 import pandas as pd
@@ -36,13 +37,27 @@ def quarantine_frame(raw: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.Dat
     return bad.reset_index(drop=True)
 
 
+def retyped_columns(lake: Lake, source: str, table: str, day: date, raw: pd.DataFrame) -> list[str]:
+    """Columns whose type differs from the previous raw partition (a source changed its schema)."""
+    earlier = [d for d in lake.partitions("raw", source, table) if d < day]
+    if not earlier:
+        return []
+    previous = (lake.manifest("raw", source, table, earlier[-1]) or {}).get("schema") or {}
+    current = {str(c): ("null" if raw[c].isna().all() else str(t)) for c, t in raw.dtypes.items()}
+    return [
+        f"column {c!r} was {previous[c]}, now {current[c]}"
+        for c in sorted(set(previous) & set(current))
+        if previous[c] != current[c] and "null" not in (previous[c], current[c])
+    ]
+
+
 def validate_table(
     lake: Lake, source: str, table: str, window: RunWindow, refs: dict[str, TableRef] | None = None
 ) -> dict[str, Any]:
     """Validate the raw partition of one table; ``refs`` says which source holds referenced tables."""
     spec = TABLES[table]
     raw = lake.read("raw", source, table, window.run_date)
-    conformed = conform(raw, spec)
+    conformed = conform(raw, spec, naive_zone=window.tz.key)
     outcomes: list[ExpectationOutcome] = []
     reasons: dict[int, list[str]] = {i: list(r) for i, r in conformed.rejects.items()}
     if conformed.missing_required:
@@ -72,15 +87,28 @@ def validate_table(
         outcomes.extend(suite.outcomes)
         for i, r in suite.row_reasons.items():
             reasons.setdefault(i, []).extend(r)
-    outcomes += [
-        ExpectationOutcome(
-            "schema.new_column", "schema_drift", "warning", False, 0, f"new column {c!r} kept in raw only"
-        )
-        for c in conformed.extra_columns
-    ] + [
-        ExpectationOutcome("schema.optional_column_missing", "schema_drift", "warning", False, 0, f"{c!r} is missing")
-        for c in conformed.missing_optional
-    ]
+    outcomes += (
+        [
+            ExpectationOutcome("schema.naive_timestamps", "timestamp_zone", "warning", False, 0, note)
+            for note in conformed.notes
+        ]
+        + [
+            ExpectationOutcome("schema.retyped_column", "schema_drift", "warning", False, 0, note)
+            for note in retyped_columns(lake, source, table, window.run_date, raw)
+        ]
+        + [
+            ExpectationOutcome(
+                "schema.new_column", "schema_drift", "warning", False, 0, f"new column {c!r} kept in raw only"
+            )
+            for c in conformed.extra_columns
+        ]
+        + [
+            ExpectationOutcome(
+                "schema.optional_column_missing", "schema_drift", "warning", False, 0, f"{c!r} is missing"
+            )
+            for c in conformed.missing_optional
+        ]
+    )
     critical = [asdict(o) for o in outcomes if o.severity == "critical" and not o.success]
     quarantined = quarantine_frame(raw, reasons)
     clean = conformed.frame.drop(index=list(reasons))

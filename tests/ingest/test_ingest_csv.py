@@ -55,7 +55,7 @@ def test_utf16_file_read_as_utf8_names_file_and_key(crm_dir: Path) -> None:
     path = crm_dir / "contacts.csv"
     path.write_text(CSV, encoding="utf-16")
     with pytest.raises(ValueError) as exc:
-        _source().extract("contacts", CTX)
+        _source(encoding="utf-8").extract("contacts", CTX)  # an explicit, wrong encoding
     assert str(path) in str(exc.value)
     assert "sources.crm.options.encoding" in str(exc.value)
 
