@@ -102,7 +102,17 @@ def main() -> None:
             f"\nvalidation throughput at scale 4: {rate:,.0f} rows/s; "
             f"peak RSS of the stage process: {peak_mib:,.0f} MiB"
         )
+        proc = subprocess.run([sys.executable, "-m", "bench.validate_1m"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"1M-line validation bench failed:\n{proc.stderr[-3000:]}")
+        one_m = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"validate one day's increment of {one_m['rows']:,} POS order lines: {one_m['seconds']:.1f}s "
+            f"({one_m['seconds'] / one_m['target_s']:.2f} of the 30 s target), {one_m['quarantined']:,} quarantined, "
+            f"peak RSS {one_m['peak_rss_mib']:,.0f} MiB (process incl. generating the increment)"
+        )
         results = {
+            "validate_1m_lines": one_m,
             "demo_cold_s": cold,
             "demo_warm_s": warm,
             "scale1": small,

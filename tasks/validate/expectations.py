@@ -100,15 +100,17 @@ def run_suite(
     table: str,
     frame: pd.DataFrame,
     parameters: dict[str, Any],
-    prepare: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    prepare: Callable[[list[dict[str, Any]], pd.DataFrame], tuple[list[dict[str, Any]], pd.DataFrame]] | None = None,
 ) -> SuiteOutcome:
-    """Validate ``frame``; ``prepare`` may fill run-dependent kwargs (see validate/dynamic.py)."""
+    """Validate ``frame``; ``prepare`` may fill run-dependent kwargs and add helper columns
+    (see validate/dynamic.py); the helper columns never leave this function."""
     _quiet()
     import great_expectations as gx
 
     suite_doc = load_suite(table)
     if prepare is not None:
-        suite_doc = {**suite_doc, "expectations": prepare(suite_doc["expectations"])}
+        expectations, frame = prepare(suite_doc["expectations"], frame)
+        suite_doc = {**suite_doc, "expectations": expectations}
     context = _context()
     name = f"{table}-{id(frame)}"
     data_source = context.data_sources.add_or_update_pandas(name)

@@ -82,7 +82,10 @@ def validate_table(
             return [k for k in keys.dropna().unique().tolist()]
 
         suite = run_suite(
-            table, typed, params, lambda exps: dynamic.resolve(exps, lake, source, table, window, known_keys)
+            table,
+            typed,
+            params,
+            lambda exps, frame: dynamic.resolve(exps, frame, lake, source, table, window, known_keys),
         )
         outcomes.extend(suite.outcomes)
         for i, r in suite.row_reasons.items():
