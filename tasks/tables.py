@@ -69,8 +69,10 @@ TABLES: dict[str, TableSpec] = {
                 "unit_price_vnd": "integer",
                 "discount_vnd": "integer",
                 "line_total_vnd": "integer",
+                "updated_at": "timestamp",
             },
             ("order_id", "line_no"),
+            required=("order_id", "line_no", "product_id", "quantity", "unit_price_vnd", "line_total_vnd"),
         ),
         TableSpec(
             "contacts",

@@ -77,6 +77,7 @@ ORDER_LINE_COLUMNS = [
     "unit_price_vnd",
     "discount_vnd",
     "line_total_vnd",
+    "updated_at",
 ]
 STORE_COLUMNS = ["store_id", "name", "province", "latitude", "longitude", "opened_on"]
 PRODUCT_COLUMNS = ["product_id", "name", "category", "price_vnd"]
@@ -835,6 +836,7 @@ def _order_frames(
                     price,
                     disc,
                     qty * price - disc,
+                    _iso_z(o.updated_at),  # lines change with their order (POS rewrites both)
                 ]
             )
     orders = pd.DataFrame(order_rows, columns=ORDER_COLUMNS)
@@ -1130,7 +1132,7 @@ def _write_sqlite(data: SampleData, path: pathlib.Path) -> None:
                 discount_vnd INTEGER, total_vnd INTEGER, updated_at TEXT);
             CREATE TABLE order_lines(id INTEGER PRIMARY KEY, order_id TEXT, line_no INTEGER,
                 product_id TEXT, quantity INTEGER, unit_price_vnd INTEGER,
-                discount_vnd INTEGER, line_total_vnd INTEGER);
+                discount_vnd INTEGER, line_total_vnd INTEGER, updated_at TEXT);
             """
         )
         for table, frame, cols in (

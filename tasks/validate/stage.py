@@ -57,6 +57,9 @@ def validate_table(
     """Validate the raw partition of one table; ``refs`` says which source holds referenced tables."""
     spec = TABLES[table]
     raw = lake.read("raw", source, table, window.run_date)
+    # Clean and quarantine keep the raw partition's mode: a clean increment must stay an increment,
+    # or the table's state as of later dates would shrink to that one day's changes.
+    mode = (lake.manifest("raw", source, table, window.run_date) or {}).get("mode", "snapshot")
     conformed = conform(raw, spec, naive_zone=window.tz.key)
     outcomes: list[ExpectationOutcome] = []
     reasons: dict[int, list[str]] = {i: list(r) for i, r in conformed.rejects.items()}
@@ -116,8 +119,8 @@ def validate_table(
     quarantined = quarantine_frame(raw, reasons)
     clean = conformed.frame.drop(index=list(reasons))
     if not conformed.missing_required:
-        lake.write("clean", source, table, window.run_date, clean)
-    lake.write("quarantine", source, table, window.run_date, quarantined)
+        lake.write("clean", source, table, window.run_date, clean, mode=mode)
+    lake.write("quarantine", source, table, window.run_date, quarantined, mode=mode)
     reason_counts = (
         quarantined[REASON_COL].str.split("; ").explode().value_counts().to_dict() if len(quarantined) else {}
     )
