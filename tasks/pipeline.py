@@ -78,7 +78,7 @@ def source_tables() -> list[dict[str, str]]:
                 )
             seen[table] = name
             pairs.append({"source": name, "table": table})
-    missing = sorted(set(TABLES) - set(seen))
+    missing = sorted(t for t, spec in TABLES.items() if t not in seen and not spec.optional)
     if missing:
         raise ValueError(f"{cfg.directory / 'sources.yaml'}: no source provides table(s) {', '.join(missing)}")
     return pairs

@@ -18,6 +18,7 @@ class TableSpec:
     columns: dict[str, ColumnType]
     primary_key: tuple[str, ...]
     required: tuple[str, ...] = field(default=())
+    optional: bool = False  # a deployment may have no source for it (features then do without)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -95,6 +96,18 @@ TABLES: dict[str, TableSpec] = {
             },
             ("contact_id",),
             required=("contact_id", "customer_id", "email", "phone", "email_opt_in", "ads_opt_in"),
+        ),
+        TableSpec(
+            "survey_responses",
+            {
+                "response_id": "string",
+                "customer_id": "string",
+                "answered_at": "timestamp",
+                "nps_score": "integer",
+                "csat_score": "integer",
+            },
+            ("response_id",),
+            optional=True,
         ),
         TableSpec(
             "web_events",

@@ -34,6 +34,8 @@ REASON_FOR_KIND = {
     ("contacts", "malformed_email"): "contacts.email_well_formed",
     ("web_events", "future_timestamp"): "web_events.event_at_not_in_future",
     ("web_events", "missing_event_name"): "web_events.event_name_present",
+    ("survey_responses", "nps_out_of_range"): "survey_responses.nps_range",
+    ("survey_responses", "csat_out_of_range"): "survey_responses.csat_range",
 }
 
 

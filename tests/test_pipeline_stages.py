@@ -74,3 +74,21 @@ def test_sources_must_cover_every_canonical_table(home: Path) -> None:
     with pytest.raises(ValueError, match="no source provides table\\(s\\) web_events") as exc:
         pipeline.source_tables()
     assert str(config) in str(exc.value)
+
+
+def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: object) -> None:
+    from tasks.sample import SampleData
+
+    assert isinstance(small_sample, SampleData)
+    run_through_segments()
+    features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")
+    answers = small_sample.survey_responses
+    bad_rows = {r.row for r in small_sample.injected if r.table == "survey_responses"}
+    good = answers[~answers["_row"].isin(bad_rows)].copy()
+    good["nps"] = pd.to_numeric(good["nps_score"], errors="coerce")
+    expected = good.dropna(subset=["nps"]).groupby("customer_id")["nps"].mean()
+    got = features.set_index("customer_key").loc[expected.index, "nps_avg"]
+    assert len(expected) > 10
+    assert (got - expected).abs().max() < 1e-9
+    latest = good.dropna(subset=["nps"]).sort_values("answered_at").groupby("customer_id")["nps"].last()
+    assert (features.set_index("customer_key").loc[latest.index, "nps_latest"] == latest).all()

@@ -76,6 +76,17 @@ web AS (
            arg_max(traffic_source, event_at) AS traffic_source
     FROM w GROUP BY customer_key
 ),
+surveys AS (
+    SELECT customer_id AS customer_key,
+           arg_max(nps_score, answered_at) FILTER (WHERE nps_score IS NOT NULL) AS nps_latest,
+           arg_max(csat_score, answered_at) FILTER (WHERE csat_score IS NOT NULL) AS csat_latest,
+           avg(nps_score) AS nps_avg,
+           avg(csat_score) AS csat_avg,
+           count(*) AS survey_answers
+    FROM survey_responses
+    WHERE customer_id IS NOT NULL AND answered_at < $as_of
+    GROUP BY customer_id
+),
 device_pref AS (
     SELECT customer_key, device_category FROM (
         SELECT customer_key, device_category,
@@ -100,7 +111,11 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(coalesce(a.spend_last_90d, 0) AS BIGINT) AS spend_last_90d,
        CAST(coalesce(a.spend_last_365d, 0) AS BIGINT) AS spend_last_365d,
        a.discount_share, sp.preferred_store, cp.preferred_channel,
-       CAST(p.nps_latest AS BIGINT) AS nps_latest, CAST(p.csat_latest AS BIGINT) AS csat_latest,
+       CAST(coalesce(sv.nps_latest, p.nps_latest) AS BIGINT) AS nps_latest,
+       CAST(coalesce(sv.csat_latest, p.csat_latest) AS BIGINT) AS csat_latest,
+       coalesce(sv.nps_avg, p.nps_latest) AS nps_avg,
+       coalesce(sv.csat_avg, p.csat_latest) AS csat_avg,
+       CAST(coalesce(sv.survey_answers, 0) AS BIGINT) AS survey_answers,
        CAST(coalesce(web.web_sessions_30d, 0) AS BIGINT) AS web_sessions_30d,
        CAST(coalesce(web.page_views_30d, 0) AS BIGINT) AS page_views_30d,
        CAST(coalesce(web.product_views_30d, 0) AS BIGINT) AS product_views_30d,
@@ -112,12 +127,20 @@ LEFT JOIN store_pref sp USING (customer_key)
 LEFT JOIN channel_pref cp USING (customer_key)
 LEFT JOIN web USING (customer_key)
 LEFT JOIN device_pref dp USING (customer_key)
+LEFT JOIN surveys sv USING (customer_key)
 ORDER BY p.customer_key
 """
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow) -> pd.DataFrame:
-    """Run the feature query on views ``customers``, ``orders`` and ``web_events`` already in ``con``."""
+    """Run the feature query on views ``customers``, ``orders``, ``web_events`` (and, when a survey
+    source is configured, ``survey_responses``) already in ``con``."""
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if "survey_responses" not in views:  # no survey tool: the answers inside CRM contacts are used alone
+        con.execute(
+            "CREATE TEMP VIEW survey_responses AS SELECT NULL::VARCHAR AS customer_id, "
+            "NULL::TIMESTAMPTZ AS answered_at, NULL::BIGINT AS nps_score, NULL::BIGINT AS csat_score WHERE false"
+        )
     params = {"tz": window.tz.key, "as_of": window.as_of, "run_date": window.run_date}
     frame = con.execute(_SQL, params).df()
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -134,6 +157,8 @@ def build_features(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> 
         con.read_parquet(lake.local_files("unified", UNIFIED, "customers", day)).create_view("customers")
         register_current(con, lake, refs["orders"].source, "orders", day)
         register_current(con, lake, refs["web_events"].source, "web_events", day)
+        if "survey_responses" in refs:
+            register_current(con, lake, refs["survey_responses"].source, "survey_responses", day)
         frame = compute_features(con, window)
     finally:
         con.close()

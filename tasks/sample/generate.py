@@ -38,6 +38,8 @@ ORDER_LINES_SOURCE = "pos.sqlite:order_lines"
 STORES_SOURCE = "pos.sqlite:stores"
 PRODUCTS_SOURCE = "pos.sqlite:products"
 CONTACTS_SOURCE = "crm/contacts.csv"
+SURVEYS_SOURCE = "crm/surveys.csv"
+SURVEY_COLUMNS = ["response_id", "customer_id", "answered_at", "nps_score", "csat_score"]
 
 CONTACT_COLUMNS = [
     "contact_id",
@@ -119,6 +121,7 @@ class SampleData:
     seed: int = 42
     scale: float = 1.0
     web_event_locations: list[tuple[str, int]] = field(default_factory=list)
+    survey_responses: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --------------------------------------------------------------------------------------
@@ -1084,6 +1087,7 @@ def generate(end_date: dt.date, scale: float = 1.0, seed: int = 42) -> SampleDat
     good_orders = _make_orders(rng, customers, products, end_date, scale)
     orders, order_lines, order_bad = _order_frames(rng, good_orders, end_date)
     web_events, locations, web_bad = _web_events(rng, customers, products, end_date, scale)
+    surveys, survey_bad = _survey_frame(random.Random(seed + 1), [c.customer_id for c in customers], end_date)
     return SampleData(
         stores=stores,
         products=products,
@@ -1091,13 +1095,48 @@ def generate(end_date: dt.date, scale: float = 1.0, seed: int = 42) -> SampleDat
         order_lines=order_lines,
         contacts=contacts,
         web_events=web_events,
-        injected=order_bad + contact_bad + web_bad,
+        injected=order_bad + contact_bad + web_bad + survey_bad,
         truth_province=truth,
         end_date=end_date,
         seed=seed,
         scale=scale,
         web_event_locations=locations,
+        survey_responses=surveys,
     )
+
+
+def _survey_frame(
+    rng: random.Random, customer_ids: list[str], end_date: dt.date
+) -> tuple[pd.DataFrame, list[InjectedRow]]:
+    """NPS / CSAT answers exported by the survey tool as their own file (not inside the CRM).
+
+    Uses its own random stream so adding surveys did not change any other generated table.
+    """
+    rows: list[list[str]] = []
+    for cid in customer_ids:
+        if rng.random() > 0.35:
+            continue
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            day = end_date - dt.timedelta(days=rng.randint(0, 364))
+            at = dt.datetime(day.year, day.month, day.day, rng.randint(1, 14), rng.randint(0, 59)) - VN_OFFSET
+            nps = (
+                str(rng.choices(range(11), weights=[1, 1, 1, 1, 2, 3, 4, 6, 9, 8, 6])[0]) if rng.random() < 0.8 else ""
+            )
+            csat = str(rng.choices(range(1, 6), weights=[1, 2, 4, 8, 6])[0]) if not nps or rng.random() < 0.5 else ""
+            rows.append([cid, _iso_z(at), nps, csat])
+    rows.sort(key=lambda r: r[1])
+    frame = pd.DataFrame(rows, columns=["customer_id", "answered_at", "nps_score", "csat_score"])
+    frame.insert(0, "response_id", [f"SRV-{i:06d}" for i in range(1, len(frame) + 1)])
+    injected: list[InjectedRow] = []
+    positions = rng.sample(range(len(frame)), 2)
+    for pos, (score, bad, kind) in zip(  # answers outside the scale
+        positions, (("nps_score", "11", "nps_out_of_range"), ("csat_score", "0", "csat_out_of_range")), strict=True
+    ):
+        frame.loc[pos, score] = bad
+        injected.append(InjectedRow("survey_responses", kind, SURVEYS_SOURCE, pos + 1))
+    frame["_source"] = SURVEYS_SOURCE
+    frame["_row"] = range(1, len(frame) + 1)
+    return frame, injected
 
 
 def injected_counts(data: SampleData) -> dict[str, int]:
@@ -1164,6 +1203,11 @@ def write(data: SampleData, out_dir: pathlib.Path) -> dict[str, int]:
         writer.writerow(CONTACT_COLUMNS)
         writer.writerows(data.contacts[CONTACT_COLUMNS].itertuples(index=False, name=None))
 
+    with (crm / "surveys.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(SURVEY_COLUMNS)
+        writer.writerows(data.survey_responses[SURVEY_COLUMNS].itertuples(index=False, name=None))
+
     web = out_dir / "web"
     web.mkdir(exist_ok=True)
     for old in web.glob("events_*.ndjson"):  # drop days left over from another end_date
@@ -1181,6 +1225,7 @@ def write(data: SampleData, out_dir: pathlib.Path) -> dict[str, int]:
         "order_lines": len(data.order_lines),
         "contacts": len(data.contacts),
         "web_events": len(data.web_events),
+        "survey_responses": len(data.survey_responses),
     }
     manifest = {
         "end_date": data.end_date.isoformat(),

@@ -25,6 +25,8 @@ EXPECTED_COUNTS = {
     "missing_event_name": 2,
     "missing_id": 2,
     "negative_amount": 3,
+    "nps_out_of_range": 1,
+    "csat_out_of_range": 1,
 }
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
@@ -164,6 +166,13 @@ def test_manifest_points_at_bad_rows_in_files(data: SampleData, out_dir: pathlib
                 assert event["event_timestamp"] // 1_000_000 > end_cutoff.replace(tzinfo=dt.UTC).timestamp()
             else:
                 pytest.fail(f"unexpected web kind {e.kind}")
+        elif e.table == "survey_responses":
+            with (out_dir / e.source).open(encoding="utf-8", newline="") as fh:
+                answer = list(csv.DictReader(fh))[e.row - 1]
+            if e.kind == "nps_out_of_range":
+                assert not 0 <= int(answer["nps_score"]) <= 10
+            else:
+                assert e.kind == "csat_out_of_range" and not 1 <= int(answer["csat_score"]) <= 5
         else:
             pytest.fail(f"unexpected table {e.table}")
         seen_positions.add(f"{e.source}:{e.row}")
