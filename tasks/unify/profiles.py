@@ -8,10 +8,12 @@ contacts and logged-in web events share; identity resolution across emails, phon
 from __future__ import annotations
 
 import logging
+from datetime import date
 
+import duckdb
 import pandas as pd
 
-from tasks.current import current_frame
+from tasks.current import current_frame, register_current
 from tasks.lake import Lake
 from tasks.normalize.contact import normalize_email, normalize_phone
 from tasks.normalize.province import canonical_province
@@ -72,5 +74,33 @@ def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str,
     purchases = purchases[["customer_key", "order_id", "ordered_at", "product_id", "category", "line_total_vnd"]]
     lake.write("unified", UNIFIED, "purchases", day, purchases)
     orphan_lines = len(lines) - len(purchases)
+    events = unified_web_events(lake, refs["web_events"].source, day)
+    lake.write("unified", UNIFIED, "web_events", day, events)
     log.info("unified %d customer profiles, %d purchase lines", len(profiles), len(purchases))
-    return {"customers": len(profiles), "purchase_lines": len(purchases), "lines_without_clean_order": orphan_lines}
+    return {
+        "customers": len(profiles),
+        "purchase_lines": len(purchases),
+        "lines_without_clean_order": orphan_lines,
+        "web_events": len(events),
+    }
+
+
+def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:
+    """Web events keyed by customer, for rules such as "viewed X but did not buy it".
+
+    Anonymous events stay in (customer_key empty): they still count for site-wide analysis, and
+    identity resolution can attach them later through the pseudo id.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        register_current(con, lake, source, "web_events", day)
+        return con.execute(
+            """
+            SELECT user_id AS customer_key, user_pseudo_id, session_id, event_at, event_name, page_location,
+                   item_ids, item_categories, device_category, traffic_source
+            FROM web_events ORDER BY event_at
+            """
+        ).df()
+    finally:
+        con.close()
