@@ -41,7 +41,7 @@ CONTACTS_SOURCE = "crm/contacts.csv"
 SURVEYS_SOURCE = "crm/surveys.csv"
 SURVEY_COLUMNS = ["response_id", "customer_id", "answered_at", "nps_score", "csat_score"]
 
-CONTACT_COLUMNS = [
+_BASE_CONTACT_COLUMNS = [
     "contact_id",
     "customer_id",
     "full_name",
@@ -58,6 +58,22 @@ CONTACT_COLUMNS = [
     "csat_score",
     "updated_at",
 ]
+# Profile attributes added later (issue 4); drawn from their own random stream (see _contact_attributes).
+CONTACT_ATTRIBUTE_COLUMNS = [
+    "occupation",
+    "marital_status",
+    "income_band",
+    "customer_type",
+    "company",
+    "industry",
+    "company_size",
+    "latitude",
+    "longitude",
+    "interests",
+    "commute_mode",
+    "works_remotely",
+]
+CONTACT_COLUMNS = _BASE_CONTACT_COLUMNS + CONTACT_ATTRIBUTE_COLUMNS
 ORDER_COLUMNS = [
     "id",
     "order_id",
@@ -69,6 +85,7 @@ ORDER_COLUMNS = [
     "discount_vnd",
     "total_vnd",
     "updated_at",
+    "voucher_code",
 ]
 ORDER_LINE_COLUMNS = [
     "id",
@@ -842,7 +859,7 @@ def _order_frames(
                     _iso_z(o.updated_at),  # lines change with their order (POS rewrites both)
                 ]
             )
-    orders = pd.DataFrame(order_rows, columns=ORDER_COLUMNS)
+    orders = pd.DataFrame(order_rows, columns=[c for c in ORDER_COLUMNS if c != "voucher_code"])
     orders["_source"] = ORDERS_SOURCE
     orders["_row"] = orders["id"]
     lines = pd.DataFrame(line_rows, columns=ORDER_LINE_COLUMNS)
@@ -865,7 +882,7 @@ def _contacts_frame(
         rows.append(r)
         if is_bad:
             injected.append(InjectedRow("contacts", "malformed_email", CONTACTS_SOURCE, rownum))
-    df = pd.DataFrame(rows, columns=CONTACT_COLUMNS, dtype=object)
+    df = pd.DataFrame(rows, columns=_BASE_CONTACT_COLUMNS, dtype=object)
     df["_source"] = CONTACTS_SOURCE
     df["_row"] = range(1, len(df) + 1)
     return df, injected
@@ -1088,6 +1105,10 @@ def generate(end_date: dt.date, scale: float = 1.0, seed: int = 42) -> SampleDat
     orders, order_lines, order_bad = _order_frames(rng, good_orders, end_date)
     web_events, locations, web_bad = _web_events(rng, customers, products, end_date, scale)
     surveys, survey_bad = _survey_frame(random.Random(seed + 1), [c.customer_id for c in customers], end_date)
+    # Attributes added after the first release get their own stream, so every earlier value is unchanged.
+    extra_rng = random.Random(seed + 2)
+    contacts = _contact_attributes(extra_rng, contacts, end_date)
+    orders = _voucher_codes(extra_rng, orders)
     return SampleData(
         stores=stores,
         products=products,
@@ -1103,6 +1124,129 @@ def generate(end_date: dt.date, scale: float = 1.0, seed: int = 42) -> SampleDat
         web_event_locations=locations,
         survey_responses=surveys,
     )
+
+
+OCCUPATIONS = [
+    "office worker",
+    "student",
+    "teacher",
+    "engineer",
+    "healthcare worker",
+    "self-employed",
+    "sales",
+    "civil servant",
+    "freelancer",
+    "homemaker",
+    "retired",
+]
+INCOME_BANDS = ["<10M", "10-20M", "20-40M", ">40M"]  # VND per month
+INDUSTRIES = ["retail", "hospitality", "education", "technology", "logistics", "manufacturing", "events"]
+COMPANY_SIZES = ["1-9", "10-49", "50-249", "250+"]  # employees
+COMPANY_WORDS = ["Minh Phát", "Hoàng Long", "An Khang", "Việt Tiến", "Sao Mai", "Phú Thịnh", "Đại Dương", "Tân Á"]
+INTERESTS = ["running", "travel", "fashion", "music", "football", "cooking", "gaming", "photography", "yoga", "reading"]
+COMMUTE_MODES = [
+    ("motorbike", 0.62),
+    ("car", 0.1),
+    ("bus", 0.08),
+    ("walk", 0.06),
+    ("bicycle", 0.05),
+    ("ride-hailing", 0.09),
+]
+VOUCHER_SHARE = 0.15  # of discounted orders
+# Where customers of provinces without a store live (city centre), so their nearest store is far away.
+PROVINCE_CENTRES = {
+    "Bình Dương": (10.9804, 106.6519),
+    "Quảng Ninh": (20.9517, 107.0800),
+    "Nghệ An": (18.6796, 105.6813),
+}
+KM_PER_DEGREE = 111.32
+
+
+def _home_coordinates(rng: random.Random, province: str) -> tuple[float, float] | None:
+    """A point 1-25 km from one of the province's stores (or its centre when it has no store)."""
+    anchors = [(lat, lon) for _, prov, lat, lon, _ in STORES if prov == province]
+    if province in PROVINCE_CENTRES:
+        anchors = [PROVINCE_CENTRES[province]]
+    if not anchors:
+        return None
+    lat, lon = rng.choice(anchors)
+    km, bearing = rng.uniform(1, 25), rng.uniform(0, 2 * math.pi)
+    lat2 = lat + km * math.cos(bearing) / KM_PER_DEGREE
+    lon2 = lon + km * math.sin(bearing) / (KM_PER_DEGREE * math.cos(math.radians(lat)))
+    return round(lat2, 5), round(lon2, 5)
+
+
+def _contact_attributes(rng: random.Random, contacts: pd.DataFrame, end_date: dt.date) -> pd.DataFrame:
+    """Occupation, income, business details, home coordinates and free interests, as CRM text.
+
+    Like every CRM field they are often blank; business customers (a company buying bags for its staff
+    or events) carry company, industry and size, personal ones leave them empty.
+    """
+    canonical = {spelled: prov for prov, (_, spellings) in PROVINCES.items() for spelled in spellings}
+    rows: list[list[str]] = []
+    for birthday, province in zip(contacts["birthday"], contacts["province"], strict=True):
+        age = (end_date - dt.date.fromisoformat(str(birthday))).days // 365
+        business = rng.random() < 0.08
+        ctype = "business" if business else ("personal" if rng.random() < 0.94 else "")
+        if age < 25:
+            job_weights = [2, 6, 1, 1, 0.5, 1, 1, 0.5, 1, 0.3, 0]
+        elif age >= 58:
+            job_weights = [1, 0, 1, 0.5, 0.5, 2, 0.5, 1, 0.5, 2, 6]
+        else:
+            job_weights = [6, 0.2, 1.5, 2, 1.5, 2.5, 2, 1.5, 1.5, 1, 0]
+        occupation = _weighted(rng, OCCUPATIONS, job_weights) if rng.random() < 0.88 else ""
+        married_share = 0.1 if age < 25 else 0.65
+        marital = _weighted(
+            rng, ["single", "married", "divorced", "widowed"], [1 - married_share, married_share, 0.05, 0.02]
+        )
+        marital = marital if rng.random() < 0.85 else ""
+        income = _weighted(rng, INCOME_BANDS, [0.35, 0.35, 0.2, 0.1]) if rng.random() < 0.8 else ""
+        company = industry = size = ""
+        if business:
+            company = f"Công ty TNHH {rng.choice(COMPANY_WORDS)} {rng.randint(1, 99)}"
+            industry = rng.choice(INDUSTRIES)
+            size = _weighted(rng, COMPANY_SIZES, [0.4, 0.35, 0.18, 0.07])
+        where = _home_coordinates(rng, canonical.get(str(province), "")) if rng.random() < 0.85 else None
+        interests = ";".join(sorted(rng.sample(INTERESTS, rng.randint(1, 3)))) if rng.random() < 0.75 else ""
+        commute = (
+            _weighted(rng, [m for m, _ in COMMUTE_MODES], [w for _, w in COMMUTE_MODES]) if rng.random() < 0.8 else ""
+        )
+        remote = ("true" if rng.random() < 0.15 else "false") if rng.random() < 0.7 else ""
+        rows.append(
+            [
+                occupation,
+                marital,
+                income,
+                ctype,
+                company,
+                industry,
+                size,
+                f"{where[0]:.5f}" if where else "",
+                f"{where[1]:.5f}" if where else "",
+                interests,
+                commute,
+                remote,
+            ]
+        )
+    extra = pd.DataFrame(rows, columns=CONTACT_ATTRIBUTE_COLUMNS, index=contacts.index, dtype=object)
+    base = contacts[_BASE_CONTACT_COLUMNS]
+    lineage = contacts.drop(columns=_BASE_CONTACT_COLUMNS)
+    return pd.concat([base, extra, lineage], axis=1)
+
+
+def _voucher_codes(rng: random.Random, orders: pd.DataFrame) -> pd.DataFrame:
+    """Some discounted orders were discounted by a voucher; the code says which campaign."""
+    codes: list[str | None] = []
+    for discount, ordered_at in zip(orders["discount_vnd"], orders["ordered_at"], strict=True):
+        if discount <= 0 or rng.random() >= VOUCHER_SHARE:
+            codes.append(None)
+            continue
+        year, month = int(ordered_at[:4]), int(ordered_at[5:7])
+        seasonal = {1: f"TET{year}", 2: f"TET{year}", 11: "BLACKFRIDAY", 12: "XMAS"}.get(month)
+        codes.append(seasonal if seasonal and rng.random() < 0.6 else rng.choice(["MEMBER10", "BIRTHDAY", "FREESHIP"]))
+    out = orders.copy()
+    out.insert(list(out.columns).index("updated_at") + 1, "voucher_code", codes)
+    return out
 
 
 def _survey_frame(
@@ -1168,7 +1312,7 @@ def _write_sqlite(data: SampleData, path: pathlib.Path) -> None:
                 price_vnd INTEGER);
             CREATE TABLE orders(id INTEGER PRIMARY KEY, order_id TEXT, customer_id TEXT,
                 store_id TEXT, channel TEXT, ordered_at TEXT, subtotal_vnd INTEGER,
-                discount_vnd INTEGER, total_vnd INTEGER, updated_at TEXT);
+                discount_vnd INTEGER, total_vnd INTEGER, updated_at TEXT, voucher_code TEXT);
             CREATE TABLE order_lines(id INTEGER PRIMARY KEY, order_id TEXT, line_no INTEGER,
                 product_id TEXT, quantity INTEGER, unit_price_vnd INTEGER,
                 discount_vnd INTEGER, line_total_vnd INTEGER, updated_at TEXT);

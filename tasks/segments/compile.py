@@ -1,47 +1,151 @@
 """Compile a validated rule tree to an Ibis boolean expression over the feature table.
 
 Literals enter the expression as typed Ibis literals, never as SQL text. Windows are computed from
-the run's business day, so the same rule answers the same for a backfilled date.
+the run's business day, so the same rule answers the same for a backfilled date. Every event
+condition becomes ``customer_key IN (subquery)`` (or ``NOT IN`` when customers without any matching
+row pass, e.g. ``orders: {eq: 0}``), so the result stays one boolean column of the feature table.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import ibis
 import ibis.expr.types as ir
 
+from tasks.config.loader import suggest
 from tasks.features.catalog import BY_NAME
 from tasks.normalize.province import canonical_province
-from tasks.segments.rules import All, AnyOf, Compare, Not, Purchased, Rule, Window
+from tasks.segments.rules import (
+    All,
+    AnyOf,
+    Birthday,
+    Compare,
+    Count,
+    Did,
+    EventWhere,
+    FirstPage,
+    InSegment,
+    Near,
+    Not,
+    PageMatch,
+    Purchased,
+    Rule,
+    ViewedNotBought,
+    Window,
+)
+from tasks.segments.windows import bounds, shift_months
 from tasks.settings import RunWindow
+
+EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG); error vs. the ellipsoid < 0.5 % at these distances
+# Optional scheme://host, then the path up to any query or fragment.
+_PATH_RE = r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?([^?#]*)"
+
+
+def _and(parts: Iterable[ir.BooleanValue]) -> ir.BooleanValue:
+    items = list(parts)
+    out = items[0]
+    for part in items[1:]:
+        out = out & part
+    return out
+
+
+def _or(parts: Iterable[ir.BooleanValue]) -> ir.BooleanValue:
+    items = list(parts)
+    out = items[0]
+    for part in items[1:]:
+        out = out | part
+    return out
+
+
+def _count_expr(count: Count, col: ir.NumericValue) -> ir.BooleanValue:
+    ops = {
+        "eq": lambda v: col == v,
+        "ne": lambda v: col != v,
+        "gt": lambda v: col > v,
+        "gte": lambda v: col >= v,
+        "lt": lambda v: col < v,
+        "lte": lambda v: col <= v,
+    }
+    return _and(ops[op](v) for op, v in count.conditions())
+
+
+def _page_equals(page: ir.StringValue, value: str) -> ir.BooleanValue:
+    if not value.startswith("/"):
+        return page == value
+    path = page.re_extract(_PATH_RE, 1)
+    return ibis.ifelse(path == "", "/", path) == value
+
+
+def anniversary_days(days: Iterable[date]) -> list[int]:
+    """``month * 100 + day`` of each date, plus 229 wherever 28 February of a non-leap year is included."""
+    out: set[int] = set()
+    for d in days:
+        out.add(d.month * 100 + d.day)
+        if (d.month, d.day) == (2, 28) and not _is_leap(d.year):
+            out.add(229)
+    return sorted(out)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _days(first: date, count: int) -> list[date]:
+    return [first + timedelta(days=i) for i in range(count)]
 
 
 class Compiler:
-    def __init__(self, features: ir.Table, purchases: ir.Table, window: RunWindow) -> None:
+    """Compiles rules for one run.
+
+    ``events`` (unified web events), ``stores`` (store_id, latitude, longitude) and ``segments``
+    (rules by segment name, for ``in_segment``) are only needed by the rules that use them; a rule that
+    needs a missing one fails when it is compiled, naming what is missing.
+    """
+
+    def __init__(
+        self,
+        features: ir.Table,
+        purchases: ir.Table,
+        window: RunWindow,
+        *,
+        events: ir.Table | None = None,
+        stores: ir.Table | None = None,
+        segments: Mapping[str, Rule] | None = None,
+    ) -> None:
         self.f = features
         self.p = purchases
+        self.e = events
+        self.stores = stores
+        self.segments = dict(segments or {})
         self.window = window
+        self._store_points: dict[str, tuple[float | None, float | None]] | None = None
 
     def compile(self, rule: Rule) -> ir.BooleanValue:
         if isinstance(rule, All):
-            parts = [self.compile(r) for r in rule.all]
-            out = parts[0]
-            for part in parts[1:]:
-                out = out & part
-            return out
+            return _and(self.compile(r) for r in rule.all)
         if isinstance(rule, AnyOf):
-            parts = [self.compile(r) for r in rule.any]
-            out = parts[0]
-            for part in parts[1:]:
-                out = out | part
-            return out
+            return _or(self.compile(r) for r in rule.any)
         if isinstance(rule, Not):
             # A missing value is "not in the segment" for the inner rule, so NOT makes it a member.
             return ~self.compile(rule.not_).fill_null(False)
         if isinstance(rule, Purchased):
             return self._purchased(rule)
+        if isinstance(rule, Did):
+            return self._did(rule)
+        if isinstance(rule, ViewedNotBought):
+            return self._viewed_not_bought(rule)
+        if isinstance(rule, FirstPage):
+            return self._first_page(rule)
+        if isinstance(rule, Birthday):
+            return self._birthday(rule)
+        if isinstance(rule, Near):
+            return self._near(rule)
+        if isinstance(rule, InSegment):
+            return self._in_segment(rule)
         return self._compare(rule)
 
     def _literal(self, field: str, value: Any) -> Any:
@@ -80,25 +184,166 @@ class Compiler:
         }[op]()
 
     def window_bounds(self, within: Window) -> tuple[datetime, datetime]:
-        first_day = self.window.run_date - timedelta(days=within.last_days - 1)
-        return self.window.day_start(first_day), self.window.as_of
+        return bounds(within, self.window)
+
+    def _in_time(self, at: ir.TimestampValue, within: Window | None) -> ir.BooleanValue:
+        start, end = self.window_bounds(within) if within else (None, self.window.as_of)
+        cond = at < ibis.literal(end)
+        return cond if start is None else cond & (at >= ibis.literal(start))
+
+    def _counted(self, per_customer: ir.Table, conditions: Mapping[str, Count]) -> ir.BooleanValue:
+        """Membership from per-customer aggregates; customers absent from them count as zero."""
+        passes = _and(_count_expr(c, per_customer[col]) for col, c in conditions.items())
+        if all(c.holds(0) for c in conditions.values()):
+            return ~self.f.customer_key.isin(per_customer.filter(~passes).customer_key)
+        return self.f.customer_key.isin(per_customer.filter(passes).customer_key)
+
+    def _purchase_lines(self, category: list[str] | None, product: list[str] | None, within: Window | None) -> ir.Table:
+        p = self.p
+        cond = p.customer_key.notnull() & self._in_time(p.ordered_at, within)
+        if category:
+            cond = cond & p.category.lower().isin([c.lower() for c in category])
+        if product:
+            cond = cond & p.product_id.isin(product)
+        return p.filter(cond)
 
     def _purchased(self, rule: Purchased) -> ir.BooleanValue:
         spec = rule.purchased
-        p = self.p
-        cond = p.customer_key.notnull()
-        if spec.category:
-            cond = cond & p.category.lower().isin([c.lower() for c in spec.category])
-        if spec.product:
-            cond = cond & p.product_id.isin(spec.product)
-        start, end = self.window_bounds(spec.within) if spec.within else (None, self.window.as_of)
-        cond = cond & (p.ordered_at < ibis.literal(end))
-        if start is not None:
-            cond = cond & (p.ordered_at >= ibis.literal(start))
-        buyers = (
-            p.filter(cond)
-            .group_by("customer_key")
-            .aggregate(n=p.order_id.nunique())
-            .filter(lambda t: t.n >= spec.min_orders)
+        lines = self._purchase_lines(spec.category, spec.product, spec.within)
+        per_customer = lines.group_by("customer_key").aggregate(
+            n=lines.order_id.nunique(), spend=lines.line_total_vnd.sum().fill_null(0)
         )
-        return self.f.customer_key.isin(buyers.customer_key)
+        conditions: dict[str, Count] = {}
+        if (orders := spec.order_count()) is not None:
+            conditions["n"] = orders
+        if spec.spend is not None:
+            conditions["spend"] = spec.spend
+        return self._counted(per_customer, conditions)
+
+    def _events(self, kind: str) -> ir.Table:
+        if self.e is None:
+            raise ValueError(f"rule {kind!r} needs web events, but unified/web_events is missing for this run")
+        return self.e
+
+    def _event_filter(self, e: ir.Table, where: EventWhere) -> ir.BooleanValue:
+        parts: list[ir.BooleanValue] = [ibis.literal(True)]
+        if where.page_contains is not None:
+            parts.append(e.page_location.lower().contains(where.page_contains.lower()))
+        if where.page_equals is not None:
+            parts.append(_page_equals(e.page_location, where.page_equals))
+        if where.item:
+            ids = e.item_ids.split(",")
+            parts.append(_or(ids.contains(i) for i in where.item))
+        if where.category:
+            cats = e.item_categories.lower().split(",")
+            parts.append(_or(cats.contains(c.lower()) for c in where.category))
+        return _and(parts)
+
+    def _did(self, rule: Did) -> ir.BooleanValue:
+        spec = rule.did
+        e = self._events("did")
+        cond = e.customer_key.notnull() & (e.event_name == spec.event) & self._in_time(e.event_at, spec.within)
+        if spec.where is not None:
+            cond = cond & self._event_filter(e, spec.where)
+        matching = e.filter(cond)
+        per_customer = matching.group_by("customer_key").aggregate(n=matching.count())
+        return self._counted(per_customer, {"n": spec.times})
+
+    def _viewed_not_bought(self, rule: ViewedNotBought) -> ir.BooleanValue:
+        spec = rule.viewed_not_bought
+        e = self._events("viewed_not_bought")
+        views = e.filter(
+            e.customer_key.notnull() & (e.event_name == "view_item") & self._in_time(e.event_at, spec.within)
+        )
+        bought = self._purchase_lines(None, None, spec.within)
+        # The unnest stays the outermost call: Spark rejects a generator nested in another expression.
+        # Ingest joins ids with a bare "," (tasks/ingest/web.py), so there is no whitespace to trim.
+        if spec.category is not None:
+            viewed = views.select("customer_key", key=views.item_categories.lower().split(",").unnest())
+            viewed = viewed.filter(viewed.key.isin([c.lower() for c in spec.category]))
+            purchased = bought.select("customer_key", key=bought.category.lower())
+        else:
+            viewed = views.select("customer_key", key=views.item_ids.split(",").unnest())
+            if spec.item is not None:
+                viewed = viewed.filter(viewed.key.isin(spec.item))
+            purchased = bought.select("customer_key", key=bought.product_id)
+        left = viewed.filter(viewed.key.notnull() & (viewed.key != "")).distinct()
+        browsers = left.anti_join(purchased.distinct(), ["customer_key", "key"])
+        return self.f.customer_key.isin(browsers.customer_key)
+
+    def _first_page(self, rule: FirstPage) -> ir.BooleanValue:
+        match: PageMatch = rule.first_page
+        e = self._events("first_page")
+        views = e.filter(
+            e.customer_key.notnull() & (e.event_name == "page_view") & (e.event_at < ibis.literal(self.window.as_of))
+        )
+        ranked = views.mutate(
+            rn=ibis.row_number().over(group_by="customer_key", order_by=["event_at", "page_location"])
+        )
+        first = ranked.filter(ranked.rn == 0)
+        if match.contains is not None:
+            hit = first.page_location.lower().contains(match.contains.lower())
+        else:
+            hit = _page_equals(first.page_location, str(match.equals))
+        return self.f.customer_key.isin(first.filter(hit).customer_key)
+
+    def _birthday(self, rule: Birthday) -> ir.BooleanValue:
+        spec = rule.birthday
+        today = self.window.run_date
+        if spec.within_next_days is not None:
+            days = _days(today, spec.within_next_days)
+        elif spec.in_ == "today":
+            days = [today]
+        elif spec.in_ == "this_week":
+            days = _days(today - timedelta(days=today.weekday()), 7)
+        else:
+            first = today.replace(day=1)
+            if spec.in_ == "next_month":
+                first = shift_months(first, 1)
+            days = _days(first, (shift_months(first, 1) - first).days)
+        born = self.f.birthday
+        return (born.month() * 100 + born.day()).isin(anniversary_days(days))
+
+    def _points(self, store_ids: list[str]) -> list[tuple[float, float]]:
+        if self.stores is None:
+            raise ValueError("rule 'near' with a store needs the stores table, but none was given to this run")
+        if self._store_points is None:
+            frame = self.stores.select("store_id", "latitude", "longitude").to_pandas()
+            self._store_points = {
+                str(sid): (None if lat != lat else float(lat), None if lon != lon else float(lon))
+                for sid, lat, lon in zip(frame["store_id"], frame["latitude"], frame["longitude"], strict=True)
+            }
+        points = []
+        for sid in store_ids:
+            if sid not in self._store_points:
+                raise ValueError(f"unknown store {sid!r}" + suggest(sid, list(self._store_points)))
+            lat, lon = self._store_points[sid]
+            if lat is None or lon is None:
+                raise ValueError(f"store {sid!r} has no coordinates in the stores table")
+            points.append((lat, lon))
+        return points
+
+    def _near(self, rule: Near) -> ir.BooleanValue:
+        spec = rule.near
+        missing = [c for c in ("latitude", "longitude") if c not in self.f.columns]
+        if missing:
+            raise ValueError(f"rule 'near' needs customer {' and '.join(missing)} in the feature table")
+        points = self._points(spec.store) if spec.store else [(float(spec.lat or 0), float(spec.lon or 0))]
+        lat = self.f.latitude.cast("float64").radians()
+        lon = self.f.longitude.cast("float64").radians()
+        out = []
+        for plat, plon in points:
+            # Haversine: great-circle distance; least() guards asin against rounding just above 1.
+            a = ((lat - math.radians(plat)) / 2).sin() ** 2 + lat.cos() * math.cos(math.radians(plat)) * (
+                (lon - math.radians(plon)) / 2
+            ).sin() ** 2
+            km = 2 * EARTH_RADIUS_KM * ibis.least(a.sqrt(), 1.0).asin()
+            out.append(km <= spec.km)
+        return _or(out)
+
+    def _in_segment(self, rule: InSegment) -> ir.BooleanValue:
+        # Inlining the referenced rule keeps one expression per segment; config load has already
+        # rejected unknown names and cycles, so this recursion ends.
+        if rule.in_segment not in self.segments:
+            raise ValueError(f"unknown segment {rule.in_segment!r}" + suggest(rule.in_segment, list(self.segments)))
+        return self.compile(self.segments[rule.in_segment]).fill_null(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import ibis
@@ -12,36 +13,92 @@ from tasks.config.loader import load_model
 from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
 from tasks.lake import Lake
 from tasks.segments.compile import Compiler
-from tasks.segments.rules import SegmentsConfig
+from tasks.segments.rules import Segment, SegmentsConfig
 from tasks.settings import RunWindow
 from tasks.unify.profiles import UNIFIED
 
 log = logging.getLogger(__name__)
 
 MEMBERSHIP_TABLE = "memberships"
+MEMBERSHIP_COLUMNS = ["segment", "customer_key", "group"]
 
 
 def load_segments(config_dir: Path) -> SegmentsConfig:
     return load_model(config_dir / "segments.yaml", SegmentsConfig)
 
 
-def evaluate(lake: Lake, window: RunWindow, segments: SegmentsConfig) -> dict[str, int]:
+def evaluate(
+    lake: Lake, window: RunWindow, segments: SegmentsConfig, stores: pd.DataFrame | None = None
+) -> dict[str, int]:
+    """Write memberships (segment, customer_key, group) for the run date; returns members per segment.
+
+    ``stores`` (store_id, latitude, longitude) is only needed by ``near: {store: ...}`` rules. Web
+    events are read from the unified zone when that partition exists; rules that need them fail
+    otherwise rather than treating every customer as "never did it".
+    """
     day = window.run_date
     con = ibis.duckdb.connect()
     try:
-        con.raw_sql("SET TimeZone = 'UTC'")
-        features = con.read_parquet(lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
-        purchases = con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day))
-        compiler = Compiler(features, purchases, window)
-        parts = []
-        for seg in segments.segments:
-            expr = compiler.compile(seg.rule).fill_null(False)
-            keys = features.filter(expr).select("customer_key").order_by("customer_key").to_pandas()
-            keys.insert(0, "segment", seg.name)
-            parts.append(keys)
-            log.info("segment %s: %d members", seg.name, len(keys))
+        with tempfile.TemporaryDirectory(prefix="segments-") as tmp:
+            con.raw_sql("SET TimeZone = 'UTC'")
+            features = con.read_parquet(lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
+            purchases = con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day))
+            events = None
+            if lake.exists("unified", UNIFIED, "web_events", day):
+                events = con.read_parquet(lake.local_files("unified", UNIFIED, "web_events", day))
+            store_table = None
+            if stores is not None:
+                # Parquet rather than an in-memory table: ibis 12 memtables emit SQL DuckDB 2.0 rejects.
+                path = Path(tmp) / "stores.parquet"
+                stores[["store_id", "latitude", "longitude"]].to_parquet(path)
+                store_table = con.read_parquet(path)
+            compiler = Compiler(
+                features,
+                purchases,
+                window,
+                events=events,
+                stores=store_table,
+                segments={s.name: s.rule for s in segments.segments},
+            )
+            raw: dict[str, list[str]] = {}
+            for seg in segments.in_dependency_order():
+                expr = compiler.compile(seg.rule).fill_null(False)
+                keys = features.filter(expr).select("customer_key").to_pandas()["customer_key"]
+                raw[seg.name] = sorted(str(k) for k in keys)
     finally:
         con.disconnect()
-    memberships = pd.concat(parts, ignore_index=True)
+    memberships = finalize(segments, raw)
+    for seg in segments.segments:
+        log.info("segment %s: %d members", seg.name, int((memberships["segment"] == seg.name).sum()))
     lake.write("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, day, memberships)
     return {seg.name: int((memberships["segment"] == seg.name).sum()) for seg in segments.segments}
+
+
+def resolve_priorities(segments: SegmentsConfig, members: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Keep each customer only in the highest-priority (lowest number) segment of each priority group."""
+    out = dict(members)
+    groups: dict[str, list[Segment]] = {}
+    for seg in segments.segments:
+        if seg.priority_group is not None:
+            groups.setdefault(seg.priority_group.name, []).append(seg)
+    for group in groups.values():
+        taken: set[str] = set()
+        for seg in sorted(group, key=lambda s: s.priority_group.priority if s.priority_group else 0):
+            out[seg.name] = [k for k in members.get(seg.name, []) if k not in taken]
+            taken.update(out[seg.name])
+    return out
+
+
+def finalize(segments: SegmentsConfig, members: dict[str, list[str]]) -> pd.DataFrame:
+    """Memberships after priority groups and splits, in config order; ``group`` is empty without a split.
+
+    The column is always present so the table keeps one schema whether or not any segment splits.
+    """
+    kept = resolve_priorities(segments, members)
+    rows = []
+    for seg in segments.segments:
+        split = seg.split
+        for key in sorted(kept.get(seg.name, [])):
+            rows.append((seg.name, key, split.group_of(key) if split else None))
+    frame = pd.DataFrame(rows, columns=MEMBERSHIP_COLUMNS)
+    return frame.astype({"segment": "string", "customer_key": "string", "group": "string"})

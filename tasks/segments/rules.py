@@ -5,20 +5,29 @@ A rule is a tree a marketer can read and an engineer can review:
     all: [ {field: orders, op: gte, value: 3},
            {not: {purchased: {category: backpack, within: {last_days: 30}}}} ]
 
-Each node is validated against the feature catalog when config loads (unknown fields and operators
-fail with a suggestion) and compiled to an Ibis expression, so user text is never pasted into SQL
-and the same rule can run on DuckDB here or on Spark / a warehouse elsewhere.
+Kinds of node: ``all`` / ``any`` / ``not``; ``field`` comparisons over the feature catalog;
+``purchased`` (orders and spend over unified purchases); ``did`` (counts of web events);
+``viewed_not_bought``; ``first_page``; ``birthday`` anniversaries; ``near`` (radius around a store or
+point); ``in_segment`` (another segment's rule). Time windows are in ``tasks.segments.windows``.
+
+Each node is validated when config loads (unknown fields, operators, periods and keys fail with a
+suggestion) and compiled to an Ibis expression, so user text is never pasted into SQL and the same
+rule can run on DuckDB here or on Spark / a warehouse elsewhere.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import re
 from datetime import date
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from tasks.config.loader import TAG_PREFIX, suggest
 from tasks.features.catalog import BY_NAME, COLUMNS
+from tasks.segments.windows import Node, Window
 
 OPERATORS: dict[str, str] = {
     "eq": "equals",
@@ -37,10 +46,6 @@ OPERATORS: dict[str, str] = {
 _NO_VALUE = {"is_set", "is_not_set"}
 _LIST_VALUE = {"in", "not_in"}
 _ORDERED_KINDS = {"integer", "number", "date", "timestamp"}
-
-
-class Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Compare(Node):
@@ -104,28 +109,269 @@ def _check_literal(field: str, kind: str, value: Any) -> None:
         raise ValueError(f"value {value!r} does not fit field {field!r}: expected {hint}")
 
 
-class Window(Node):
-    """Half-open window of whole business days ending with the run date."""
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
-    last_days: int = Field(gt=0, le=3660)
+
+class Count(Node):
+    """A condition on a per-customer count or sum: ``{gte: 5}``, ``{eq: 0}``, ``{gte: 1, lt: 4}``.
+
+    Customers without any matching row count as 0, so ``{eq: 0}`` means "never" and ``{lt: 3}``
+    includes customers who never did it.
+    """
+
+    eq: int | float | None = None
+    ne: int | float | None = None
+    gt: int | float | None = None
+    gte: int | float | None = None
+    lt: int | float | None = None
+    lte: int | float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Count:
+        if not self.conditions():
+            raise ValueError("give at least one of: eq, ne, gt, gte, lt, lte")
+        return self
+
+    def conditions(self) -> list[tuple[str, int | float]]:
+        return [(op, v) for op in ("eq", "ne", "gt", "gte", "lt", "lte") if (v := getattr(self, op)) is not None]
+
+    def holds(self, x: int | float) -> bool:
+        """Whether a customer with value ``x`` passes; decides how customers without rows are treated."""
+        checks = {
+            "eq": lambda v: x == v,
+            "ne": lambda v: x != v,
+            "gt": lambda v: x > v,
+            "gte": lambda v: x >= v,
+            "lt": lambda v: x < v,
+            "lte": lambda v: x <= v,
+        }
+        return all(checks[op](v) for op, v in self.conditions())
 
 
 class PurchasedSpec(Node):
-    """Customers with at least ``min_orders`` orders containing a matching product in the window."""
+    """Orders containing a matching product line in the window.
+
+    Without ``orders``/``spend``, a customer needs at least ``min_orders`` such orders (the original
+    form). With them, the conditions alone decide and customers with no matching order count as
+    0 orders and 0 VND: ``orders: {eq: 0}`` = "no such order in the window", including never-buyers.
+    """
 
     category: list[str] | None = None
     product: list[str] | None = None
     within: Window | None = None
     min_orders: int = Field(1, ge=1)
+    orders: Count | None = None
+    spend: Count | None = None
 
-    @field_validator("category", "product", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _listify = field_validator("category", "product", mode="before")(_listify)
+
+    @model_validator(mode="after")
+    def _one_order_condition(self) -> PurchasedSpec:
+        if self.orders is not None and "min_orders" in self.model_fields_set:
+            raise ValueError("give either min_orders or orders, not both (min_orders: 3 = orders: {gte: 3})")
+        return self
+
+    def order_count(self) -> Count | None:
+        if self.orders is not None:
+            return self.orders
+        if self.spend is not None and "min_orders" not in self.model_fields_set:
+            return None
+        return Count(gte=self.min_orders)
 
 
 class Purchased(Node):
     purchased: PurchasedSpec
+
+
+# GA4's recommended and automatically collected events, plus this shop's call-to-action event.
+KNOWN_EVENTS: tuple[str, ...] = (
+    "page_view",
+    "view_item",
+    "view_item_list",
+    "select_item",
+    "add_to_cart",
+    "remove_from_cart",
+    "view_cart",
+    "add_to_wishlist",
+    "begin_checkout",
+    "add_shipping_info",
+    "add_payment_info",
+    "purchase",
+    "refund",
+    "view_promotion",
+    "select_promotion",
+    "cta_click",
+    "search",
+    "login",
+    "sign_up",
+    "generate_lead",
+    "share",
+    "session_start",
+    "first_visit",
+    "user_engagement",
+    "scroll",
+    "click",
+    "file_download",
+    "form_start",
+    "form_submit",
+    "video_start",
+    "video_complete",
+)
+
+
+class EventWhere(Node):
+    """Filters on a web event; all given filters must hold.
+
+    ``page_equals`` starting with "/" compares the URL's path (no host, query or fragment), so
+    ``/`` is the home page; otherwise it compares the whole URL.
+    """
+
+    page_contains: str | None = Field(None, min_length=1)
+    page_equals: str | None = Field(None, min_length=1)
+    item: list[str] | None = None
+    category: list[str] | None = None
+
+    _listify = field_validator("item", "category", mode="before")(_listify)
+
+
+class DidSpec(Node):
+    """Customers whose count of matching web events in the window passes ``times`` (default: at least once).
+
+    Any event name may be used, but one that looks like a typo of a known event fails unless
+    ``custom: true`` says it is a name of your own.
+    """
+
+    event: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+    custom: bool = False
+    where: EventWhere | None = None
+    within: Window | None = None
+    times: Count = Count(gte=1)
+
+    @model_validator(mode="after")
+    def _known_event(self) -> DidSpec:
+        if not self.custom and self.event not in KNOWN_EVENTS:
+            close = difflib.get_close_matches(self.event, KNOWN_EVENTS, n=1, cutoff=0.75)
+            if close:
+                raise ValueError(
+                    f"unknown event {self.event!r}; did you mean {close[0]!r}? "
+                    "(set custom: true if it is an event of your own)"
+                )
+        return self
+
+
+class Did(Node):
+    did: DidSpec
+
+
+class ViewedNotBoughtSpec(Node):
+    """Customers who viewed a product (``view_item``) in the window and did not buy *that* product.
+
+    With ``category``, "that" is the category: viewed a backpack, bought no backpack. Without
+    ``item`` or ``category`` any viewed product counts. A purchase anywhere in the same window cancels
+    the view, whether before or after it (the window ends at as_of, so "after the view" is covered);
+    purchases before the window do not.
+    """
+
+    item: list[str] | None = None
+    category: list[str] | None = None
+    within: Window | None = None
+
+    _listify = field_validator("item", "category", mode="before")(_listify)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ViewedNotBoughtSpec:
+        if self.item is not None and self.category is not None:
+            raise ValueError("give item or category, not both")
+        return self
+
+
+class ViewedNotBought(Node):
+    viewed_not_bought: ViewedNotBoughtSpec
+
+
+class PageMatch(Node):
+    """``contains`` is case-insensitive; ``equals`` works like EventWhere.page_equals."""
+
+    contains: str | None = Field(None, min_length=1)
+    equals: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PageMatch:
+        if (self.contains is None) == (self.equals is None):
+            raise ValueError("give exactly one of: contains, equals")
+        return self
+
+
+class FirstPage(Node):
+    """The customer's first page_view ever (before as_of); ties at the same instant go to the smaller URL."""
+
+    first_page: PageMatch
+
+
+BIRTHDAY_PERIODS: tuple[str, ...] = ("today", "this_week", "this_month", "next_month")
+
+
+class BirthdaySpec(Node):
+    """Birthday anniversaries; a 29 February birthday is celebrated on 28 February in non-leap years.
+
+    ``in`` covers whole calendar periods (this_week = Monday..Sunday, including days after the run
+    date, since a birthday is a future date to plan for); ``within_next_days: N`` = the run date and the
+    N-1 days after it, crossing the year end.
+    """
+
+    in_: str | None = Field(None, alias="in")
+    within_next_days: int | None = Field(None, gt=0, le=366)
+
+    @field_validator("in_")
+    @classmethod
+    def _known_period(cls, value: str | None) -> str | None:
+        if value is not None and value not in BIRTHDAY_PERIODS:
+            raise ValueError(f"unknown birthday period {value!r}" + suggest(value, list(BIRTHDAY_PERIODS)))
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BirthdaySpec:
+        if (self.in_ is None) == (self.within_next_days is None):
+            raise ValueError("give exactly one of: in, within_next_days")
+        return self
+
+
+class Birthday(Node):
+    birthday: BirthdaySpec
+
+
+class NearSpec(Node):
+    """Customers whose home coordinates are within ``km`` (great-circle) of any given store, or of a point."""
+
+    store: list[str] | None = None
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    km: float = Field(gt=0, le=20_000)
+
+    _listify = field_validator("store", mode="before")(_listify)
+
+    @model_validator(mode="after")
+    def _one_center(self) -> NearSpec:
+        point = self.lat is not None or self.lon is not None
+        if point and (self.lat is None or self.lon is None):
+            raise ValueError("a point needs both lat and lon")
+        if point == bool(self.store):
+            raise ValueError("give either store (one id or a list) or lat and lon")
+        return self
+
+
+class Near(Node):
+    near: NearSpec
+
+
+SEGMENT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+class InSegment(Node):
+    """Members of another segment's rule (before its split and priority group are applied)."""
+
+    in_segment: str = Field(pattern=SEGMENT_NAME)
 
 
 class All(Node):
@@ -140,17 +386,41 @@ class Not(Node):
     not_: Rule = Field(alias="not")
 
 
-_KINDS = ("all", "any", "not", "purchased", "field")
+_KIND_MODELS: dict[str, type[Node]] = {
+    "all": All,
+    "any": AnyOf,
+    "not": Not,
+    "purchased": Purchased,
+    "field": Compare,
+    "did": Did,
+    "viewed_not_bought": ViewedNotBought,
+    "first_page": FirstPage,
+    "birthday": Birthday,
+    "near": Near,
+    "in_segment": InSegment,
+}
+_KINDS = tuple(_KIND_MODELS)
+_KIND_ERROR = "a rule needs exactly one of: " + ", ".join(_KINDS)
 
 
 def _node_kind(raw: Any) -> str | None:
     if isinstance(raw, dict):
         keys = [k for k in _KINDS if k in raw]
         return TAG_PREFIX + keys[0] if len(keys) == 1 else None
-    for cls, key in ((All, "all"), (AnyOf, "any"), (Not, "not"), (Purchased, "purchased"), (Compare, "field")):
+    for key, cls in _KIND_MODELS.items():
         if isinstance(raw, cls):
             return TAG_PREFIX + key
     return None
+
+
+def _suggest_kind(raw: Any) -> Any:
+    """A rule with no known kind key but a near miss ("purchase:") names the key it resembles."""
+    if isinstance(raw, dict) and not any(k in raw for k in _KINDS):
+        for key in raw:
+            hint = suggest(str(key), list(_KINDS))
+            if hint.startswith("; did you mean"):
+                raise ValueError(f"{_KIND_ERROR}; got {key!r}{hint}")
+    return raw
 
 
 Rule = Annotated[
@@ -158,23 +428,88 @@ Rule = Annotated[
     | Annotated[AnyOf, Tag(TAG_PREFIX + "any")]
     | Annotated[Not, Tag(TAG_PREFIX + "not")]
     | Annotated[Purchased, Tag(TAG_PREFIX + "purchased")]
-    | Annotated[Compare, Tag(TAG_PREFIX + "field")],
-    Discriminator(
-        _node_kind,
-        custom_error_type="rule_kind",
-        custom_error_message="a rule needs exactly one of: all, any, not, purchased, field",
-    ),
+    | Annotated[Compare, Tag(TAG_PREFIX + "field")]
+    | Annotated[Did, Tag(TAG_PREFIX + "did")]
+    | Annotated[ViewedNotBought, Tag(TAG_PREFIX + "viewed_not_bought")]
+    | Annotated[FirstPage, Tag(TAG_PREFIX + "first_page")]
+    | Annotated[Birthday, Tag(TAG_PREFIX + "birthday")]
+    | Annotated[Near, Tag(TAG_PREFIX + "near")]
+    | Annotated[InSegment, Tag(TAG_PREFIX + "in_segment")],
+    Discriminator(_node_kind, custom_error_type="rule_kind", custom_error_message=_KIND_ERROR),
+    BeforeValidator(_suggest_kind),
 ]
 
 for _model in (All, AnyOf, Not):
     _model.model_rebuild()
 
 
+def children(rule: Rule) -> list[Rule]:
+    if isinstance(rule, All):
+        return list(rule.all)
+    if isinstance(rule, AnyOf):
+        return list(rule.any)
+    if isinstance(rule, Not):
+        return [rule.not_]
+    return []
+
+
+def referenced_segments(rule: Rule) -> set[str]:
+    """Names of the segments a rule builds on through ``in_segment`` (at any depth)."""
+    own = {rule.in_segment} if isinstance(rule, InSegment) else set()
+    return own.union(*(referenced_segments(r) for r in children(rule)))
+
+
+class Split(Node):
+    """Deterministic percentage split of a segment's members, e.g. a 10 % hold-out.
+
+    A member's group depends only on (salt, customer_key): SHA-256 of ``salt + "\\x1f" + key``, first
+    8 bytes as a fraction of 2**64, mapped onto the groups' cumulative shares in the order written.
+    It is computed in Python on the member keys, not with the engine's ``hash()``, because DuckDB
+    does not promise that hash to be stable across versions or engines. A customer therefore stays
+    in the same group on every run and whoever else joins or leaves the segment; change the salt to
+    reshuffle.
+    """
+
+    salt: str = Field(min_length=1)
+    groups: dict[str, int | float] = Field(min_length=2)
+
+    @field_validator("groups")
+    @classmethod
+    def _shares(cls, groups: dict[str, int | float]) -> dict[str, int | float]:
+        for name, share in groups.items():
+            if not re.fullmatch(SEGMENT_NAME, name):
+                raise ValueError(f"group name {name!r} must be lower-case letters, digits and _")
+            if share <= 0:
+                raise ValueError(f"group {name!r} needs a share above 0 %")
+        if abs(sum(groups.values()) - 100) > 1e-9:
+            raise ValueError(f"group shares must add up to 100 (%); they add up to {sum(groups.values()):g}")
+        return groups
+
+    def group_of(self, customer_key: str) -> str:
+        digest = hashlib.sha256(f"{self.salt}\x1f{customer_key}".encode()).digest()
+        position = int.from_bytes(digest[:8], "big") / 2**64 * 100
+        cumulative = 0.0
+        for name, share in self.groups.items():
+            cumulative += share
+            if position < cumulative:
+                return name
+        return next(reversed(self.groups))  # float rounding at the very top of the range
+
+
+class PriorityGroup(Node):
+    """Segments sharing a group name are exclusive: a customer stays only in the lowest-numbered one."""
+
+    name: str = Field(pattern=SEGMENT_NAME)
+    priority: int = Field(ge=0)
+
+
 class Segment(Node):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    name: str = Field(pattern=SEGMENT_NAME)
     title: str
     description: str = ""
     rule: Rule
+    split: Split | None = None
+    priority_group: PriorityGroup | None = None
 
 
 class SegmentsConfig(Node):
@@ -190,8 +525,65 @@ class SegmentsConfig(Node):
             seen.add(seg.name)
         return segments
 
+    @field_validator("segments")
+    @classmethod
+    def _references(cls, segments: list[Segment]) -> list[Segment]:
+        names = [s.name for s in segments]
+        deps = {s.name: referenced_segments(s.rule) for s in segments}
+        for seg in segments:
+            for ref in sorted(deps[seg.name]):
+                if ref not in deps:
+                    raise ValueError(f"segment {seg.name!r} uses unknown segment {ref!r}" + suggest(ref, names))
+        dependency_order(deps)
+        return segments
+
+    @field_validator("segments")
+    @classmethod
+    def _priorities(cls, segments: list[Segment]) -> list[Segment]:
+        taken: dict[tuple[str, int], str] = {}
+        for seg in segments:
+            if seg.priority_group is None:
+                continue
+            slot = (seg.priority_group.name, seg.priority_group.priority)
+            if slot in taken:
+                raise ValueError(
+                    f"segments {taken[slot]!r} and {seg.name!r} both have priority {slot[1]} in group {slot[0]!r}"
+                )
+            taken[slot] = seg.name
+        return segments
+
     def get(self, name: str) -> Segment:
         for seg in self.segments:
             if seg.name == name:
                 return seg
         raise KeyError(f"no segment named {name!r}" + suggest(name, [s.name for s in self.segments]))
+
+    def in_dependency_order(self) -> list[Segment]:
+        order = dependency_order({s.name: referenced_segments(s.rule) for s in self.segments})
+        return [self.get(name) for name in order]
+
+
+def dependency_order(deps: dict[str, set[str]]) -> list[str]:
+    """Names with every segment before the ones that use it, otherwise in config order.
+
+    A cycle fails with its path. Callers check unknown names first, so every dependency has a rank.
+    """
+    rank = {name: i for i, name in enumerate(deps)}
+    done: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = [*path[path.index(name) :], name]
+            raise ValueError("segments refer to each other in a cycle: " + " -> ".join(cycle))
+        state[name] = "active"
+        for dep in sorted(deps.get(name, ()), key=lambda d: rank.get(d, -1)):
+            visit(dep, [*path, name])
+        state[name] = "done"
+        done.append(name)
+
+    for name in deps:
+        visit(name, [])
+    return done

@@ -25,7 +25,51 @@ log = logging.getLogger(__name__)
 UNIFIED = "audiences"
 
 
+# Contact columns build_profiles maps itself; every other contact column is carried as-is.
+_MAPPED = (
+    "contact_id",
+    "customer_id",
+    "full_name",
+    "email",
+    "phone",
+    "gender",
+    "birthday",
+    "province",
+    "email_opt_in",
+    "sms_opt_in",
+    "ads_opt_in",
+    "member_since",
+    "nps_score",
+    "csat_score",
+    "updated_at",
+)
+# Optional CRM attributes every profile has (empty when the CRM does not send them), so the feature
+# query can rely on their presence.
+TEXT_ATTRIBUTES = (
+    "occupation",
+    "marital_status",
+    "income_band",
+    "customer_type",
+    "company",
+    "industry",
+    "company_size",
+)
+COORDINATES = ("latitude", "longitude")
+PROFILE_ATTRIBUTES = TEXT_ATTRIBUTES + COORDINATES
+
+
+def _text(s: pd.Series) -> pd.Series:
+    """Trimmed text with blanks as missing: a CSV cell of spaces is no more an answer than an empty one."""
+    text = s.astype("string").str.strip()
+    return text.mask(text == "")
+
+
 def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer: the latest CRM contact, plus POS-only buyers with empty attributes.
+
+    Contact columns beyond the mapped ones (``interests``, ``commute_mode``, anything a CRM adds) are
+    carried unchanged so config/features.yaml can expose them as rule fields without code.
+    """
     latest = contacts.dropna(subset=["customer_id"]).sort_values("updated_at", na_position="first")
     latest = latest.drop_duplicates("customer_id", keep="last")
     prof = pd.DataFrame(
@@ -46,6 +90,19 @@ def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame
             "csat_latest": latest["csat_score"],
         }
     )
+    for col in TEXT_ATTRIBUTES:
+        prof[col] = (
+            _text(latest[col]) if col in latest.columns else pd.Series(pd.NA, index=latest.index, dtype="string")
+        )
+    for col in COORDINATES:
+        values = latest[col] if col in latest.columns else pd.Series(float("nan"), index=latest.index)
+        prof[col] = pd.to_numeric(values, errors="coerce").astype("float64")
+    # Lower-cased so "Business" from one CRM user and "business" from another are one value in rules.
+    prof["customer_type"] = prof["customer_type"].str.lower()
+    lineage = {"_source", "_row"}
+    carried = [c for c in latest.columns if c not in _MAPPED and c not in PROFILE_ATTRIBUTES and c not in lineage]
+    for col in carried:
+        prof[col] = latest[col]
     buyers = pd.Index(orders["customer_id"].dropna().unique()).difference(pd.Index(prof["customer_id"]))
     if len(buyers):
         # POS-only customers (no CRM contact yet) still get a profile; their attributes stay empty.
@@ -53,6 +110,10 @@ def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame
         prof = pd.concat([prof, extra], ignore_index=True)
     for col in ("email", "phone", "province"):
         prof[col] = prof[col].astype("string")
+    for col in TEXT_ATTRIBUTES:
+        prof[col] = prof[col].astype("string")
+    for col in COORDINATES:
+        prof[col] = prof[col].astype("float64")
     for col in ("email_opt_in", "sms_opt_in", "ads_opt_in"):
         prof[col] = prof[col].astype("boolean").fillna(False)
     return prof.sort_values("customer_key").reset_index(drop=True)

@@ -37,18 +37,23 @@ def quarantine_frame(raw: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.Dat
     return bad.reset_index(drop=True)
 
 
-def retyped_columns(lake: Lake, source: str, table: str, day: date, raw: pd.DataFrame) -> list[str]:
-    """Columns whose type differs from the previous raw partition (a source changed its schema)."""
+def schema_drift(lake: Lake, source: str, table: str, day: date, raw: pd.DataFrame) -> list[str]:
+    """Columns that changed type or disappeared since the previous raw partition (a source changed).
+
+    Optional columns a source never sent are not drift; one it stops sending is.
+    """
     earlier = [d for d in lake.partitions("raw", source, table) if d < day]
     if not earlier:
         return []
     previous = (lake.manifest("raw", source, table, earlier[-1]) or {}).get("schema") or {}
     current = {str(c): ("null" if raw[c].isna().all() else str(t)) for c, t in raw.dtypes.items()}
-    return [
+    notes = [
         f"column {c!r} was {previous[c]}, now {current[c]}"
         for c in sorted(set(previous) & set(current))
         if previous[c] != current[c] and "null" not in (previous[c], current[c])
     ]
+    notes += [f"column {c!r} is no longer sent (it was on {earlier[-1]})" for c in sorted(set(previous) - set(current))]
+    return notes
 
 
 def validate_table(
@@ -93,28 +98,10 @@ def validate_table(
         outcomes.extend(suite.outcomes)
         for i, r in suite.row_reasons.items():
             reasons.setdefault(i, []).extend(r)
-    outcomes += (
-        [
-            ExpectationOutcome("schema.naive_timestamps", "timestamp_zone", "warning", False, 0, note)
-            for note in conformed.notes
-        ]
-        + [
-            ExpectationOutcome("schema.retyped_column", "schema_drift", "warning", False, 0, note)
-            for note in retyped_columns(lake, source, table, window.run_date, raw)
-        ]
-        + [
-            ExpectationOutcome(
-                "schema.new_column", "schema_drift", "warning", False, 0, f"new column {c!r} kept in raw only"
-            )
-            for c in conformed.extra_columns
-        ]
-        + [
-            ExpectationOutcome(
-                "schema.optional_column_missing", "schema_drift", "warning", False, 0, f"{c!r} is missing"
-            )
-            for c in conformed.missing_optional
-        ]
-    )
+    notes = [("schema.naive_timestamps", note) for note in conformed.notes]
+    notes += [("schema.drift", note) for note in schema_drift(lake, source, table, window.run_date, raw)]
+    notes += [("schema.new_column", f"new column {c!r} kept in raw only") for c in conformed.extra_columns]
+    outcomes += [ExpectationOutcome(name, "schema", "warning", False, 0, note) for name, note in notes]
     critical = [asdict(o) for o in outcomes if o.severity == "critical" and not o.success]
     quarantined = quarantine_frame(raw, reasons)
     clean = conformed.frame.drop(index=list(reasons))

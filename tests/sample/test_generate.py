@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import importlib
 import json
+import math
 import pathlib
 import re
 import sqlite3
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 
 from tasks.sample import InjectedRow, SampleData, generate, injected_counts, write
+from tasks.sample.generate import PROVINCES
 
 END = dt.date(2026, 11, 24)
 SCALE = 0.2
@@ -286,3 +289,57 @@ def test_write_is_idempotent(data: SampleData, tmp_path: pathlib.Path) -> None:
     assert first == second
     assert first["orders"] == len(data.orders)
     assert snapshot == again
+
+
+def test_profile_attributes_and_vouchers_leave_earlier_values_unchanged(
+    data: SampleData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = importlib.import_module("tasks.sample.generate")  # the package re-exports a function of that name
+    monkeypatch.setattr(gen, "_contact_attributes", lambda rng, contacts, end_date: contacts)
+    monkeypatch.setattr(gen, "_voucher_codes", lambda rng, orders: orders)
+    without = generate(END, scale=SCALE, seed=42)
+    pd.testing.assert_frame_equal(data.contacts[without.contacts.columns], without.contacts)
+    pd.testing.assert_frame_equal(data.orders[without.orders.columns], without.orders)
+    assert data.web_events == without.web_events
+
+
+def test_contact_profile_attributes(data: SampleData, out_dir: pathlib.Path) -> None:
+    contacts = _read_contacts(out_dir)
+    assert list(contacts[0])[-3:] == ["interests", "commute_mode", "works_remotely"]
+    frame = pd.DataFrame(contacts)
+    business = frame[frame["customer_type"] == "business"]
+    personal = frame[frame["customer_type"] != "business"]
+    assert 0.03 < len(business) / len(frame) < 0.15
+    assert (business[["company", "industry", "company_size"]] != "").all().all()
+    assert (personal[["company", "industry", "company_size"]] == "").all().all()
+    assert set(frame["customer_type"]) == {"personal", "business", ""}
+    assert set(frame["income_band"]) <= {"<10M", "10-20M", "20-40M", ">40M", ""}
+    assert set(frame["works_remotely"]) == {"true", "false", ""}
+    assert frame["interests"].str.contains(";").any()
+    assert ((frame["latitude"] == "") == (frame["longitude"] == "")).all()
+
+    stores = [(p, float(la), float(lo)) for p, la, lo in data.stores[["province", "latitude", "longitude"]].values]
+    spelled = {s: prov for prov, (_, spellings) in PROVINCES.items() for s in spellings}
+    placed = frame[frame["latitude"] != ""]
+    assert 0.7 < len(placed) / len(frame) < 0.95
+    for province, lat, lon in zip(placed["province"], placed["latitude"], placed["longitude"], strict=True):
+        own = [(la, lo) for p, la, lo in stores if p == spelled[province]]
+        if own:  # drawn 1-25 km from one of the province's stores
+            assert min(_km(float(lat), float(lon), la, lo) for la, lo in own) <= 25.01
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2, dp, dl = map(math.radians, (lat1, lat2, lat2 - lat1, lon2 - lon1))
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(a))
+
+
+def test_voucher_codes_only_on_discounted_orders(data: SampleData, out_dir: pathlib.Path) -> None:
+    orders = _read_orders(out_dir)
+    with_code = [o for o in orders.values() if o["voucher_code"] is not None]
+    assert with_code and all(o["discount_vnd"] > 0 for o in with_code)
+    discounted = sum(1 for o in orders.values() if (o["discount_vnd"] or 0) > 0)
+    assert 0.08 < len(with_code) / discounted < 0.25
+    codes = {o["voucher_code"] for o in with_code}
+    assert {"BLACKFRIDAY", "MEMBER10"} <= codes and any(c.startswith("TET") for c in codes)
+    assert list(data.orders["voucher_code"].dropna()) == [o["voucher_code"] for o in with_code]

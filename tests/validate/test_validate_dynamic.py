@@ -113,7 +113,7 @@ def test_retyped_source_column_is_reported_by_name(tmp_path: Path) -> None:
     lake.write("raw", "pos", "orders", before, typed)
     lake.write("raw", "pos", "orders", DAY, orders(20))  # total_vnd now arrives as text
     report = validate_table(lake, "pos", "orders", RunWindow(DAY, TZ), REFS)
-    drift = [w["error"] for w in report["warnings"] if w["name"] == "schema.retyped_column"]
+    drift = [w["error"] for w in report["warnings"] if w["name"] == "schema.drift"]
     assert len(drift) == 1 and "'total_vnd' was int64" in drift[0]
 
 
@@ -139,3 +139,13 @@ def test_naive_timestamps_are_counted_in_a_note() -> None:
     result = conform(frame, TABLES["orders"], naive_zone="Asia/Ho_Chi_Minh")
     assert result.notes == ["ordered_at: 1 timestamp(s) without a time zone read as Asia/Ho_Chi_Minh"]
     assert result.frame.loc[0, "ordered_at"].isoformat() == "2026-11-24T01:00:00+00:00"
+
+
+def test_a_column_the_source_stops_sending_is_reported(tmp_path: Path) -> None:
+    lake = Lake.local(tmp_path)
+    before = DAY - timedelta(days=1)
+    lake.write("raw", "pos", "orders", before, orders(20, ordered_at=f"{before}T03:00:00Z").assign(voucher_code="X"))
+    lake.write("raw", "pos", "orders", DAY, orders(20))
+    report = validate_table(lake, "pos", "orders", RunWindow(DAY, TZ), REFS)
+    drift = [w["error"] for w in report["warnings"] if w["name"] == "schema.drift"]
+    assert drift == [f"column 'voucher_code' is no longer sent (it was on {before})"]
