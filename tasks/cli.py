@@ -51,9 +51,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"  {t['source'] + '.' + t['table']:<24}{t['rows']:>9,}{t['loaded']:>9,}{t['quarantined']:>13,}"
             f"  {reasons}{flag}"
         )
-    print(f"\n  {'segment':<24}{'members':>9}  file")
+    print(f"\n  {'segment':<38}{'members':>9}  file")
     for s in summary["segments"]:
-        print(f"  {s['segment']:<24}{s['members']:>9,}  {s['location']}")
+        print(f"  {s['segment']:<38}{s['members']:>9,}  {s['location']}")
     for warning in summary.get("warnings", []):
         print(f"  warning: {warning}")
     print(f"\n  quarantined rows (with reasons): {summary['quarantine']}")

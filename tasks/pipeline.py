@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 
 from tasks.config.models import AppConfig
+from tasks.current import current_frame
 from tasks.destinations.base import build_destination
 from tasks.features.build import build_features
 from tasks.ingest.base import ExtractContext, build_source
@@ -219,7 +220,11 @@ def segments(run_date: str) -> list[str]:
     from tasks.segments.evaluate import evaluate, load_segments
 
     cfg = _config()
-    counts = evaluate(_lake(cfg), _window(cfg, run_date), load_segments(cfg.directory))
+    lake = _lake(cfg)
+    window = _window(cfg, run_date)
+    refs = _refs()
+    stores = current_frame(lake, refs["stores"].source, "stores", window.run_date)
+    counts = evaluate(lake, window, load_segments(cfg.directory), stores=stores)
     return list(counts)
 
 
@@ -232,7 +237,10 @@ def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
     window = _window(cfg, run_date)
     seg = load_segments(cfg.directory).get(segment)
     members = lake.read("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, window.run_date)
-    keys = members.loc[members["segment"] == segment, "customer_key"]
+    members = members[members["segment"] == segment]
+    if seg.split is not None:  # hold-out groups are measured, never sent
+        members = members[~members["group"].isin(seg.split.hold_out)]
+    keys = members["customer_key"]
     feats = lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, window.run_date)
     audience = feats[feats["customer_key"].isin(keys)].sort_values("customer_key").reset_index(drop=True)
     out = []

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from tasks import settings
 from tasks.config.loader import suggest
 from tasks.destinations.base import Delivery, DestinationOptions, register
-from tasks.features.catalog import BY_NAME, COLUMNS
+from tasks.features import catalog
 from tasks.settings import RunWindow
 
 DEFAULT_COLUMNS = [
@@ -42,8 +42,9 @@ class CsvOutboxOptions(DestinationOptions):
     @classmethod
     def _known(cls, columns: list[str]) -> list[str]:
         for c in columns:
-            if c not in BY_NAME:
-                raise ValueError(f"unknown column {c!r}" + suggest(c, COLUMNS))
+            known = catalog.known()
+            if c not in known:
+                raise ValueError(f"unknown column {c!r}" + suggest(c, list(known)))
         return columns
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -210,3 +211,22 @@ def crm_features(config: FeaturesConfig) -> tuple[Feature, ...]:
 def features(config_dir: Path) -> tuple[Feature, ...]:
     """The runtime catalog: built-in features plus the CRM attributes configured in ``config_dir``."""
     return FEATURES + crm_features(load_features_config(config_dir))
+
+
+def known() -> dict[str, Feature]:
+    """Runtime catalog of the active config folder (``AUDIENCES_CONFIG``), by name.
+
+    Rules and destinations validate field names against this, so a CRM attribute added to
+    features.yaml is usable in segments.yaml with no code change. Cached per file version.
+    """
+    from tasks import settings
+
+    directory = settings.config_dir()
+    path = directory / FEATURES_FILE
+    stamp = path.stat().st_mtime_ns if path.is_file() else 0
+    return _known(str(directory), stamp)
+
+
+@lru_cache(maxsize=16)
+def _known(directory: str, stamp: int) -> dict[str, Feature]:
+    return {f.name: f for f in features(Path(directory))}

@@ -17,7 +17,7 @@ import ibis
 import ibis.expr.types as ir
 
 from tasks.config.loader import suggest
-from tasks.features.catalog import BY_NAME
+from tasks.features import catalog
 from tasks.normalize.province import canonical_province
 from tasks.segments.rules import (
     All,
@@ -149,7 +149,7 @@ class Compiler:
         return self._compare(rule)
 
     def _literal(self, field: str, value: Any) -> Any:
-        kind = BY_NAME[field].kind
+        kind = catalog.known()[field].kind
         if field == "province" and isinstance(value, str):
             # Marketers write "HCMC" or "Sài Gòn"; the feature holds the canonical name.
             return canonical_province(value) or value
@@ -161,9 +161,9 @@ class Compiler:
         col = self.f[rule.field]
         op = rule.op
         if op == "is_set":
-            return col.notnull() & (col != "") if BY_NAME[rule.field].kind == "string" else col.notnull()
+            return col.notnull() & (col != "") if catalog.known()[rule.field].kind == "string" else col.notnull()
         if op == "is_not_set":
-            return col.isnull() | (col == "") if BY_NAME[rule.field].kind == "string" else col.isnull()
+            return col.isnull() | (col == "") if catalog.known()[rule.field].kind == "string" else col.isnull()
         if op in {"in", "not_in"}:
             values = [self._literal(rule.field, v) for v in rule.value]
             expr = col.isin(values)

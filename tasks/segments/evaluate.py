@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ibis
 import pandas as pd
@@ -12,6 +15,7 @@ import pandas as pd
 from tasks.config.loader import load_model
 from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
 from tasks.lake import Lake
+from tasks.segments import explain, history
 from tasks.segments.compile import Compiler
 from tasks.segments.rules import Segment, SegmentsConfig
 from tasks.settings import RunWindow
@@ -27,10 +31,11 @@ def load_segments(config_dir: Path) -> SegmentsConfig:
     return load_model(config_dir / "segments.yaml", SegmentsConfig)
 
 
-def evaluate(
+@contextmanager
+def engine(
     lake: Lake, window: RunWindow, segments: SegmentsConfig, stores: pd.DataFrame | None = None
-) -> dict[str, int]:
-    """Write memberships (segment, customer_key, group) for the run date; returns members per segment.
+) -> Iterator[tuple[Compiler, Any]]:
+    """A compiler and the feature table for the run date, on an embedded DuckDB.
 
     ``stores`` (store_id, latitude, longitude) is only needed by ``near: {store: ...}`` rules. Web
     events are read from the unified zone when that partition exists; rules that need them fail
@@ -60,17 +65,34 @@ def evaluate(
                 stores=store_table,
                 segments={s.name: s.rule for s in segments.segments},
             )
-            raw: dict[str, list[str]] = {}
-            for seg in segments.in_dependency_order():
-                expr = compiler.compile(seg.rule).fill_null(False)
-                keys = features.filter(expr).select("customer_key").to_pandas()["customer_key"]
-                raw[seg.name] = sorted(str(k) for k in keys)
+            yield compiler, features
     finally:
         con.disconnect()
+
+
+def evaluate(
+    lake: Lake, window: RunWindow, segments: SegmentsConfig, stores: pd.DataFrame | None = None
+) -> dict[str, int]:
+    """Write memberships (segment, customer_key, group, reasons) for the run date, and the run's
+    entered/left changes and sizes; returns members per segment."""
+    day = window.run_date
+    raw: dict[str, list[str]] = {}
+    reasons: dict[str, pd.Series] = {}
+    with engine(lake, window, segments, stores) as (compiler, features):
+        for seg in segments.in_dependency_order():
+            expr = compiler.compile(seg.rule).fill_null(False)
+            truth = explain.truth_table(compiler, features, seg.rule, where=expr)
+            raw[seg.name] = sorted(str(k) for k in truth.index)
+            reasons[seg.name] = explain.deciding_clauses(seg.rule, truth)
     memberships = finalize(segments, raw)
+    memberships["reasons"] = [
+        str(reasons[s].get(k, "")) for s, k in zip(memberships["segment"], memberships["customer_key"], strict=True)
+    ]
+    memberships["reasons"] = memberships["reasons"].astype("string")
     for seg in segments.segments:
         log.info("segment %s: %d members", seg.name, int((memberships["segment"] == seg.name).sum()))
     lake.write("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, day, memberships)
+    history.record(lake, day, memberships, [s.name for s in segments.segments])
     return {seg.name: int((memberships["segment"] == seg.name).sum()) for seg in segments.segments}
 
 

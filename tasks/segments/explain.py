@@ -115,9 +115,10 @@ def deciding_clauses(rule: Any, truth: pd.DataFrame, member: bool = True) -> pd.
     return pd.Series(text, index=truth.index)
 
 
-def truth_table(compiler: Any, features: Any, rule: Any, keys: list[str] | None = None) -> pd.DataFrame:
-    """Evaluate every leaf for every customer (or only ``keys``): one boolean column per leaf path."""
-    table = features if keys is None else features.filter(features.customer_key.isin(keys))
+def truth_table(compiler: Any, features: Any, rule: Any, where: Any = None) -> pd.DataFrame:
+    """Evaluate every leaf for the customers ``where`` selects (all by default): one boolean column
+    per leaf path, indexed by customer_key."""
+    table = features if where is None else features.filter(where)
     cols = {leaf.path: compiler.compile(leaf.node).fill_null(False) for leaf in leaves(rule)}
     frame: pd.DataFrame = table.select(table.customer_key, **cols).to_pandas()
     return frame.set_index("customer_key")

@@ -69,11 +69,11 @@ def _orders_between(first_days_ago: int, last_days_ago: int) -> Rule:
 
 def lifecycle(p: dict[str, Any]) -> list[tuple[str, str, Rule]]:
     new_days, active_days, churn_days = p.get("new_days", 30), p.get("active_days", 90), p.get("churn_days", 180)
-    ever = 36_500
+    ever = 3_650  # the rule language looks back at most ten years
     return [
         ("prospect", "Prospects: known, never bought", _f("orders", "eq", 0)),
         ("reactivated", f"Reactivated: bought in the last {new_days} days after {churn_days}+ days without",
-         {"all": [_f("recency_days", "lt", new_days), _no_orders_between(new_days, churn_days + new_days),
+         {"all": [_f("recency_days", "lt", new_days), _no_orders_between(new_days, churn_days + new_days - 1),
                   _orders_between(churn_days + new_days, ever)]}),
         ("new", f"New: first purchase in the last {new_days} days",
          {"all": [_f("recency_days", "lt", new_days), _no_orders_between(new_days, ever)]}),

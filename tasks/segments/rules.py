@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from tasks.config.loader import TAG_PREFIX, suggest
-from tasks.features.catalog import BY_NAME, COLUMNS
+from tasks.features import catalog
 from tasks.segments.windows import Node, Window
 
 OPERATORS: dict[str, str] = {
@@ -58,8 +58,9 @@ class Compare(Node):
     @field_validator("field")
     @classmethod
     def _known_field(cls, name: str) -> str:
-        if name not in BY_NAME:
-            raise ValueError(f"unknown field {name!r}" + suggest(name, COLUMNS))
+        known = catalog.known()
+        if name not in known:
+            raise ValueError(f"unknown field {name!r}" + suggest(name, list(known)))
         return name
 
     @field_validator("op")
@@ -71,7 +72,7 @@ class Compare(Node):
 
     @model_validator(mode="after")
     def _value_fits(self) -> Compare:
-        kind = BY_NAME[self.field].kind
+        kind = catalog.known()[self.field].kind
         if self.op in _NO_VALUE:
             if self.value is not None:
                 raise ValueError(f"operator {self.op!r} takes no value")
@@ -472,6 +473,8 @@ class Split(Node):
 
     salt: str = Field(min_length=1)
     groups: dict[str, int | float] = Field(min_length=2)
+    # Groups measured but never sent anywhere (the control group of a campaign).
+    hold_out: list[str] = Field(default_factory=lambda: ["holdout", "control"])
 
     @field_validator("groups")
     @classmethod
@@ -512,8 +515,41 @@ class Segment(Node):
     priority_group: PriorityGroup | None = None
 
 
+class PackRef(Node):
+    """A ready-made rule pack switched on by name (see tasks/segments/packs.py)."""
+
+    pack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    prefix: str | None = None
+
+    @field_validator("pack")
+    @classmethod
+    def _known_pack(cls, pack: str) -> str:
+        from tasks.segments.packs import PACKS
+
+        if pack not in PACKS:
+            raise ValueError(f"unknown pack {pack!r}" + suggest(pack, list(PACKS)))
+        return pack
+
+
 class SegmentsConfig(Node):
+    """Hand-written segments plus the segments of the packs switched on (appended in pack order)."""
+
+    packs: list[PackRef] = Field(default_factory=list)
     segments: list[Segment] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_packs(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("packs"):
+            return data
+        from tasks.segments.packs import PACKS, expand
+
+        extra: list[Any] = []
+        for ref in data["packs"]:
+            if isinstance(ref, dict) and ref.get("pack") in PACKS:
+                extra.extend(expand(ref["pack"], ref.get("params") or {}, ref.get("prefix")))
+        return {**data, "segments": [*(data.get("segments") or []), *extra]}
 
     @field_validator("segments")
     @classmethod

@@ -23,7 +23,8 @@ import pytest
 from pydantic import BaseModel
 
 from tasks import settings
-from tasks.features.catalog import COLUMNS, FEATURES
+from tasks.features import catalog
+from tasks.features.catalog import FEATURES
 from tasks.segments.engines import connect, evaluate_memberships
 from tasks.segments.evaluate import load_segments
 from tasks.segments.rules import OPERATORS, Compare, Count, Rule, Segment
@@ -112,13 +113,13 @@ EXTRA_RULES: dict[str, dict[str, Any]] = {
     "first_page_home": {"first_page": {"equals": "/"}},
     "birthday_this_month": {"birthday": {"in": "this_month"}},
     "birthday_next_45d": {"birthday": {"within_next_days": 45}},
-    "near_store": {"near": {"store": "S_HCM", "km": 25}},
+    "near_store": {"near": {"store": "S001", "km": 25}},
     "near_point_or_store": {
         "any": [{"near": {"lat": 21.03, "lon": 105.85, "km": 30}}, {"near": {"store": ["S_DN"], "km": 5}}]
     },
-    "in_segment_repeat_in_hcm": {"all": [{"in_segment": "x_orders_gt"}, {"near": {"store": "S_HCM", "km": 25}}]},
+    "in_segment_repeat_in_hcm": {"all": [{"in_segment": "x_orders_gt"}, {"near": {"store": "S001", "km": 25}}]},
 }
-STORES = {"S_HCM": (10.7769, 106.7009), "S_HN": (21.0285, 105.8542), "S_DN": (16.0544, 108.2022)}
+STORES = {"S001": (10.7769, 106.7009), "S_HN": (21.0285, 105.8542), "S_DN": (16.0544, 108.2022)}
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def _build_lake(folder: Path) -> Lake:
             preferred_channel=[None, "store", "online"][i % 3] if orders else None,
         )
         born = row["birthday"]
-        home = [STORES["S_HCM"], STORES["S_HN"], STORES["S_DN"], (10.0452, 105.7469), None][i % 5]
+        home = [STORES["S001"], STORES["S_HN"], STORES["S_DN"], (10.0452, 105.7469), None][i % 5]
         row["latitude"] = home[0] + rng.uniform(-0.03, 0.03) if home else None
         row["longitude"] = home[1] + rng.uniform(-0.03, 0.03) if home else None
         row["birth_month"] = born.month if born else None
@@ -238,8 +239,11 @@ def _build_lake(folder: Path) -> Lake:
     # A guest order without a customer is in the lake but never in a segment.
     lines.append({**lines[0], "customer_key": None, "order_id": "guest-1"})
 
-    features = pd.DataFrame(rows, columns=COLUMNS)
-    for feat in FEATURES:
+    runtime = list(catalog.known().values())  # built-ins plus the CRM attributes of config/features.yaml
+    for i, row in enumerate(rows):
+        row.setdefault("interests", ["running;travel", "cooking", None][i % 3])
+    features = pd.DataFrame(rows, columns=[f.name for f in runtime])
+    for feat in runtime:
         features[feat.name] = _typed(features[feat.name], feat.kind)
     purchases = pd.DataFrame(lines)
     purchases["ordered_at"] = pd.to_datetime(purchases["ordered_at"], utc=True).dt.as_unit("us")
