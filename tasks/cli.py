@@ -110,12 +110,47 @@ def cmd_backfill(start: date, end: date) -> int:
     return 0
 
 
+def cmd_preview(segment: str, day: date | None) -> int:
+    from tasks.pipeline import preview_segment
+
+    started = time.monotonic()
+    p = preview_segment(segment, day.isoformat() if day else None)
+    print(f"Segment {p.segment} on {p.run_date}: {p.size:,} members")
+    if p.entered is not None:
+        print(f"  since the previous run: +{p.entered:,} entered, -{p.left:,} left")
+    if p.overlap:
+        top = list(p.overlap.items())[:8]
+        print("  overlap: " + ", ".join(f"{s} {n:,} ({n / max(p.size, 1):.0%})" for s, n in top))
+    for key, reasons in zip(p.sample["customer_key"], p.sample["reasons"], strict=True):
+        print(f"  {key}: {reasons}")
+    print(f"({time.monotonic() - started:.1f}s)")
+    return 0
+
+
+def cmd_explain(customer: str, segment: str, day: date | None) -> int:
+    from tasks.pipeline import explain_membership
+
+    e = explain_membership(customer, segment, day.isoformat() if day else None)
+    print(f"{e.customer_key} is {'IN' if e.member else 'NOT in'} {e.segment}")
+    for text, value in e.clauses:
+        print(f"  [{'x' if value else ' '}] {text}")
+    print(f"deciding: {e.deciding or '-'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audiences", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write realistic sample sources (POS DB, GA4 files, CRM CSV)")
     run = sub.add_parser("run", help="run the DAG in-process for one business date")
     demo = sub.add_parser("demo", help="generate sample data and run the DAG for it")
+    prev = sub.add_parser("preview", help="size, sample, overlap and change of a segment as defined now")
+    prev.add_argument("segment")
+    expl = sub.add_parser("explain", help="which clauses put a customer in (or out of) a segment")
+    expl.add_argument("customer")
+    expl.add_argument("segment")
+    for p in (prev, expl):
+        p.add_argument("--date", type=_date, default=None, help="run date (default: the latest in the lake)")
     back = sub.add_parser("backfill", help="run the DAG for every business date of a range, in order")
     back.add_argument("--start", type=_date, required=True)
     back.add_argument("--end", type=_date, required=True)
@@ -130,13 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "backfill":
             return cmd_backfill(args.start, args.end)
+        if args.command == "preview":
+            return cmd_preview(args.segment, args.date)
+        if args.command == "explain":
+            return cmd_explain(args.customer, args.segment, args.date)
         if args.command == "generate":
             cmd_generate(day, args.scale, args.seed, args.out or settings.home() / "sample")
             return 0
         if args.command == "demo":
             cmd_generate(day, args.scale, args.seed, settings.home() / "sample")
         return cmd_run(day)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -228,6 +228,30 @@ def segments(run_date: str) -> list[str]:
     return list(counts)
 
 
+def preview_segment(segment: str, run_date: str | None) -> Any:
+    """`audiences preview`: the segment as segments.yaml defines it now, on a stored feature table."""
+    from tasks.segments.evaluate import load_segments
+    from tasks.segments.preview import latest_run_date, preview
+
+    cfg = _config()
+    lake = _lake(cfg)
+    day = latest_run_date(lake, date.fromisoformat(run_date) if run_date else None)
+    stores = current_frame(lake, _refs()["stores"].source, "stores", day)
+    return preview(lake, _window(cfg, day.isoformat()), load_segments(cfg.directory), segment, stores)
+
+
+def explain_membership(customer_key: str, segment: str, run_date: str | None) -> Any:
+    from tasks.segments.evaluate import load_segments
+    from tasks.segments.preview import explain_customer, latest_run_date
+
+    cfg = _config()
+    lake = _lake(cfg)
+    day = latest_run_date(lake, date.fromisoformat(run_date) if run_date else None)
+    stores = current_frame(lake, _refs()["stores"].source, "stores", day)
+    segments = load_segments(cfg.directory)
+    return explain_customer(lake, _window(cfg, day.isoformat()), segments, customer_key, segment, stores)
+
+
 def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
     from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
     from tasks.segments.evaluate import MEMBERSHIP_TABLE, load_segments

@@ -92,3 +92,21 @@ def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: 
     assert (got - expected).abs().max() < 1e-9
     latest = good.dropna(subset=["nps"]).sort_values("answered_at").groupby("customer_id")["nps"].last()
     assert (features.set_index("customer_key").loc[latest.index, "nps_latest"] == latest).all()
+
+
+def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path) -> None:
+    run_through_segments()
+    features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")
+    repeat = set(features.loc[features["orders"] >= 3, "customer_key"])
+    shown = pipeline.preview_segment("repeat_buyers", RUN)
+    assert shown.size == len(repeat)
+    assert set(shown.sample["customer_key"]) <= repeat
+    assert (shown.sample["reasons"] == "orders ≥ 3").all()
+    assert shown.overlap["big_spenders"] > 0
+    member = sorted(repeat)[0]
+    why = pipeline.explain_membership(member, "repeat_buyers", None)
+    assert why.member and why.deciding == "orders ≥ 3" and why.clauses == [("orders ≥ 3", True)]
+    outsider = sorted(set(features["customer_key"]) - repeat)[0]
+    assert not pipeline.explain_membership(outsider, "repeat_buyers", RUN).member
+    with pytest.raises(KeyError, match="not in the feature table"):
+        pipeline.explain_membership("NOBODY", "repeat_buyers", RUN)
