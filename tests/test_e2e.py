@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 
 from tasks import settings
+from tasks.config.loader import load_model
 from tasks.sample import SampleData, generate, write
+from tasks.segments.rules import SegmentsConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -91,13 +93,15 @@ def expected_members(data: SampleData) -> dict[str, set[str]]:
 def test_every_segment_file_matches_independent_membership(run_home: Path, data: SampleData) -> None:
     outbox = run_home / "outbox" / RUN_DATE.isoformat()
     expected = expected_members(data)
-    assert sorted(p.stem for p in outbox.glob("*.csv")) == sorted(expected)
+    configured = load_model(run_home / "config" / "segments.yaml", SegmentsConfig)
+    assert sorted(p.stem for p in outbox.glob("*.csv")) == sorted(s.name for s in configured.segments)
+    assert set(expected) <= {s.name for s in configured.segments}
     for segment, members in expected.items():
         path = outbox / f"{segment}.csv"
         assert path.read_bytes()[:3] == b"\xef\xbb\xbf", f"{path.name} lacks the UTF-8 BOM Excel needs"
         got = pd.read_csv(path, encoding="utf-8-sig", dtype=str)
-        assert got["customer_key"].is_unique
-        assert set(got["customer_key"]) == members, segment
+        assert got["customer_key"].is_unique and got["customer_key"].str.startswith("CK-").all()
+        assert set(got["customer_id"]) == members, segment
         assert len(members) > 0, f"sample data gives segment {segment} no members; the comparison proves nothing"
 
 

@@ -87,11 +87,11 @@ def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: 
     good = answers[~answers["_row"].isin(bad_rows)].copy()
     good["nps"] = pd.to_numeric(good["nps_score"], errors="coerce")
     expected = good.dropna(subset=["nps"]).groupby("customer_id")["nps"].mean()
-    got = features.set_index("customer_key").loc[expected.index, "nps_avg"]
+    got = features.set_index("customer_id").loc[expected.index, "nps_avg"]
     assert len(expected) > 10
     assert (got - expected).abs().max() < 1e-9
     latest = good.dropna(subset=["nps"]).sort_values("answered_at").groupby("customer_id")["nps"].last()
-    assert (features.set_index("customer_key").loc[latest.index, "nps_latest"] == latest).all()
+    assert (features.set_index("customer_id").loc[latest.index, "nps_latest"] == latest).all()
 
 
 def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path) -> None:

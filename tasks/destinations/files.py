@@ -21,6 +21,7 @@ from tasks.settings import RunWindow
 
 DEFAULT_COLUMNS = [
     "customer_key",
+    "customer_id",
     "full_name",
     "email",
     "phone",

@@ -125,11 +125,11 @@ WITH p AS (
     FROM in_customers
 ),
 o AS (
-    SELECT customer_id AS customer_key, order_id, store_id, channel, ordered_at, total_vnd, discount_vnd,
-           coalesce(trim(voucher_code), '') <> '' AS has_voucher,
-           CAST(timezone($tz, ordered_at) AS DATE) AS order_day
-    FROM in_orders
-    WHERE customer_id IS NOT NULL AND ordered_at < $as_of
+    SELECT km.customer_key, o.order_id, o.store_id, o.channel, o.ordered_at, o.total_vnd, o.discount_vnd,
+           coalesce(trim(o.voucher_code), '') <> '' AS has_voucher,
+           CAST(timezone($tz, o.ordered_at) AS DATE) AS order_day
+    FROM in_orders o JOIN in_keymap km ON km.customer_id = o.customer_id
+    WHERE o.ordered_at < $as_of
 ),
 agg AS (
     SELECT customer_key,
@@ -191,10 +191,10 @@ bought AS (
     FROM pl GROUP BY customer_key
 ),
 w AS (
-    SELECT user_id AS customer_key, event_name, session_id, device_category, browser, traffic_source, event_at,
-           page_location, item_ids, CAST(timezone($tz, event_at) AS DATE) AS event_day
-    FROM in_web_events
-    WHERE user_id IS NOT NULL AND event_at < $as_of
+    SELECT km.customer_key, e.event_name, e.session_id, e.device_category, e.browser, e.traffic_source, e.event_at,
+           e.page_location, e.item_ids, CAST(timezone($tz, e.event_at) AS DATE) AS event_day
+    FROM in_web_events e JOIN in_keymap km ON km.customer_id = e.user_id
+    WHERE e.event_at < $as_of
 ),
 web AS (
     SELECT customer_key,
@@ -263,15 +263,15 @@ nearest AS (
     QUALIFY row_number() OVER (PARTITION BY customer_key ORDER BY km, store_id) = 1
 ),
 surveys AS (
-    SELECT customer_id AS customer_key,
+    SELECT km.customer_key,
            arg_max(nps_score, answered_at) FILTER (WHERE nps_score IS NOT NULL) AS nps_latest,
            arg_max(csat_score, answered_at) FILTER (WHERE csat_score IS NOT NULL) AS csat_latest,
            avg(nps_score) AS nps_avg,
            avg(csat_score) AS csat_avg,
            count(*) AS survey_answers
-    FROM in_survey_responses
-    WHERE customer_id IS NOT NULL AND answered_at < $as_of
-    GROUP BY customer_id
+    FROM in_survey_responses s JOIN in_keymap km ON km.customer_id = s.customer_id
+    WHERE s.answered_at < $as_of
+    GROUP BY km.customer_key
 )
 SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        p.birthday,
@@ -383,6 +383,13 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, extras: Sequence[Feature]) 
             else f"SELECT {', '.join(select)} WHERE false"
         )
         con.execute(f"CREATE OR REPLACE TEMP VIEW {_quote('in_' + view)} AS {body}")
+    # Loyalty id -> customer_key from identity resolution; without it each profile maps its own id.
+    body = (
+        "SELECT CAST(customer_id AS VARCHAR) AS customer_id, CAST(customer_key AS VARCHAR) AS customer_key FROM keymap"
+        if _columns_of(con, "keymap") is not None
+        else "SELECT DISTINCT customer_id, customer_key FROM in_customers WHERE customer_id IS NOT NULL"
+    )
+    con.execute(f"CREATE OR REPLACE TEMP VIEW in_keymap AS {body}")
 
 
 def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: Sequence[Feature] = ()) -> pd.DataFrame:
@@ -418,6 +425,8 @@ def build_features(
         con.execute("SET TimeZone = 'UTC'")
         con.read_parquet(lake.local_files("unified", UNIFIED, "customers", day)).create_view("customers")
         con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day)).create_view("purchases")
+        if lake.exists("unified", UNIFIED, "keymap", day):
+            con.read_parquet(lake.local_files("unified", UNIFIED, "keymap", day)).create_view("keymap")
         register_current(con, lake, refs["orders"].source, "orders", day)
         register_current(con, lake, refs["web_events"].source, "web_events", day)
         register_current(con, lake, refs["stores"].source, "stores", day)

@@ -119,23 +119,59 @@ def build_profiles(contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame
     return prof.sort_values("customer_key").reset_index(drop=True)
 
 
+def customer_keymap(keys: pd.DataFrame, contacts: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
+    """(customer_id, customer_key) for every loyalty id, from the identity resolution's record keys.
+
+    Every stage keyed by loyalty id (orders, surveys, logged-in web events) joins through this map,
+    so two loyalty ids of one person count as one customer.
+    """
+    key_of = dict(zip(keys["record_id"], keys["customer_key"], strict=True))
+    pairs = [
+        (cid, key_of.get(f"crm:{contact}"))
+        for contact, cid in zip(contacts["contact_id"], contacts["customer_id"], strict=True)
+        if isinstance(cid, str) and isinstance(contact, str)
+    ]
+    pairs += [(cid, key_of.get(f"pos:{cid}")) for cid in orders["customer_id"].dropna().unique()]
+    frame = pd.DataFrame(pairs, columns=["customer_id", "customer_key"]).dropna()
+    return frame.drop_duplicates("customer_id").sort_values("customer_id").reset_index(drop=True)
+
+
+def resolve_identities(
+    contacts: pd.DataFrame, orders: pd.DataFrame, web: pd.DataFrame, day: date
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    from tasks.unify.identity import IdentityStore, identity_records, load_identity_config, resolve
+
+    records = identity_records(contacts, orders, web)
+    res = resolve(records, load_identity_config(), IdentityStore(), day.isoformat())
+    keymap = customer_keymap(res.keys, contacts, orders)
+    stats = {"identity_merges": len(res.merges), "identifiers_refused": int(res.refused["records"].sum())}
+    return keymap, stats
+
+
 def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str, int]:
     day = window.run_date
     contacts = current_frame(lake, refs["contacts"].source, "contacts", day)
     orders = current_frame(lake, refs["orders"].source, "orders", day)
+    web = current_frame(lake, refs["web_events"].source, "web_events", day)
+    keymap, identity_stats = resolve_identities(contacts, orders, web[["user_pseudo_id", "user_id"]], day)
+    lake.write("unified", UNIFIED, "keymap", day, keymap)
+    key_of = dict(zip(keymap["customer_id"], keymap["customer_key"], strict=True))
     profiles = build_profiles(contacts, orders)
+    profiles["customer_key"] = profiles["customer_id"].map(key_of).fillna(profiles["customer_id"]).astype("string")
+    # Two loyalty ids resolved to one person: one profile (the first id's CRM record).
+    profiles = profiles.drop_duplicates("customer_key").sort_values("customer_key").reset_index(drop=True)
     lake.write("unified", UNIFIED, "customers", day, profiles)
     lines = current_frame(lake, refs["order_lines"].source, "order_lines", day)
     products = current_frame(lake, refs["products"].source, "products", day)
-    purchases = (
-        lines.merge(orders[["order_id", "customer_id", "ordered_at"]], on="order_id", how="inner")
-        .merge(products[["product_id", "category"]], on="product_id", how="left")
-        .rename(columns={"customer_id": "customer_key"})
+    purchases = lines.merge(orders[["order_id", "customer_id", "ordered_at"]], on="order_id", how="inner").merge(
+        products[["product_id", "category"]], on="product_id", how="left"
     )
+    purchases["customer_key"] = purchases["customer_id"].map(key_of)
     purchases = purchases[["customer_key", "order_id", "ordered_at", "product_id", "category", "line_total_vnd"]]
     lake.write("unified", UNIFIED, "purchases", day, purchases)
     orphan_lines = len(lines) - len(purchases)
     events = unified_web_events(lake, refs["web_events"].source, day)
+    events["customer_key"] = events["customer_key"].map(key_of)
     lake.write("unified", UNIFIED, "web_events", day, events)
     log.info("unified %d customer profiles, %d purchase lines", len(profiles), len(purchases))
     return {
@@ -143,6 +179,7 @@ def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str,
         "purchase_lines": len(purchases),
         "lines_without_clean_order": orphan_lines,
         "web_events": len(events),
+        **identity_stats,
     }
 
 
@@ -159,7 +196,7 @@ def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:
         return con.execute(
             """
             SELECT user_id AS customer_key, user_pseudo_id, session_id, event_at, event_name, page_location,
-                   item_ids, item_categories, device_category, traffic_source
+                   item_ids, item_categories, device_category, browser, traffic_source
             FROM web_events ORDER BY event_at
             """
         ).df()
