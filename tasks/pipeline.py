@@ -259,10 +259,12 @@ def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
     cfg = _config()
     lake = _lake(cfg)
     window = _window(cfg, run_date)
-    seg = load_segments(cfg.directory).get(segment)
+    configured = {s.name: s for s in load_segments(cfg.directory).segments}
+    seg = configured.get(segment)  # None for data-driven (cluster) segments
     members = lake.read("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, window.run_date)
     members = members[members["segment"] == segment]
-    if seg.split is not None:  # hold-out groups are measured, never sent
+    title = seg.title if seg is not None else str(members["reasons"].iloc[0]) if len(members) else segment
+    if seg is not None and seg.split is not None:  # hold-out groups are measured, never sent
         members = members[~members["group"].isin(seg.split.hold_out)]
     keys = members["customer_key"]
     feats = lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, window.run_date)
@@ -272,7 +274,7 @@ def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
         if dest_cfg.segments != "all" and segment not in dest_cfg.segments:
             continue
         dest = build_destination(name, dest_cfg, cfg.directory / "destinations.yaml")
-        d = dest.deliver(segment, seg.title, audience, window)
+        d = dest.deliver(segment, title, audience, window)
         log.info("delivered segment %s to %s: %d members", segment, name, d.members)
         out.append({"destination": d.destination, "segment": d.segment, "members": d.members, "location": d.location})
     return out

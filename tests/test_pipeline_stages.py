@@ -110,3 +110,18 @@ def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path) 
     assert not pipeline.explain_membership(outsider, "repeat_buyers", RUN).member
     with pytest.raises(KeyError, match="not in the feature table"):
         pipeline.explain_membership("NOBODY", "repeat_buyers", RUN)
+
+
+def test_clusters_become_segments_with_readable_names(sample_home: Path) -> None:
+    run_through_segments()
+    members = pd.read_parquet(sample_home / "lake" / "segments" / "source=audiences" / "table=memberships")
+    clusters = members[members["segment"].str.startswith("cluster_")]
+    features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")
+    assert set(clusters["customer_key"]) == set(features["customer_key"]), "every customer is in one cluster"
+    assert clusters["customer_key"].is_unique
+    non_buyers = set(features.loc[features["orders"] == 0, "customer_key"])
+    assert set(clusters.loc[clusters["segment"] == "cluster_none", "customer_key"]) == non_buyers
+    named = clusters[clusters["segment"] != "cluster_none"]
+    assert named["segment"].nunique() >= 2 and named["reasons"].str.len().gt(0).all()
+    sizes = pd.read_parquet(sample_home / "lake" / "segments" / "source=audiences" / "table=sizes")
+    assert set(named["segment"]) <= set(sizes["segment"])

@@ -2,17 +2,24 @@
 
 Since 1 July 2025 Vietnam has 34 provincial units instead of 63. Canonical names here are the 34
 current units; old province names that were merged map to the unit that absorbed them, so data
-written before and after the reform lands on the same value. Issue 4 replaces the alias table with
-a maintained administrative-units package; the function signature stays.
+written before and after the reform lands on the same value.
+
+The administrative facts (which 34 units exist, which 63 existed before, which old unit went into
+which new one, and the official spellings and short aliases of each) come from the maintained
+``vietnamadminunits`` package, which ships its data offline. Only informal aliases the package does
+not know (HCMC, Sài Gòn, Thừa Thiên Huế, Nha Trang...) are written here.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
+from functools import cache, lru_cache
 
 from tasks.normalize.text import fold
 
-# The 34 provincial-level units in force since 2025-07-01.
+# The 34 provincial-level units in force since 2025-07-01, in the short form the rest of the code,
+# the sample data's ground truth and the e2e test compare against ("Hồ Chí Minh", not "Thành phố
+# Hồ Chí Minh"). `_index` checks that the package's 34 units map one-to-one onto this tuple.
 PROVINCES: tuple[str, ...] = (
     "Hà Nội",
     "Hồ Chí Minh",
@@ -50,79 +57,99 @@ PROVINCES: tuple[str, ...] = (
     "An Giang",
 )
 
-# Common aliases and pre-2025 provinces, keyed by their folded spelling.
+# Informal names the package's keyword lists lack, seen in CRM data. Keys are `fold`ed spellings.
+# Thừa Thiên Huế is here because the package lists old Huế under its January-2025 name (Thành phố Huế).
 _ALIASES: dict[str, str] = {
-    "hcm": "Hồ Chí Minh",
     "hcmc": "Hồ Chí Minh",
     "tphcm": "Hồ Chí Minh",
-    "tp hcm": "Hồ Chí Minh",
     "sai gon": "Hồ Chí Minh",
-    "saigon": "Hồ Chí Minh",
     "ho chi minh city": "Hồ Chí Minh",
-    "hochiminh": "Hồ Chí Minh",
-    "binh duong": "Hồ Chí Minh",
-    "ba ria vung tau": "Hồ Chí Minh",
-    "hn": "Hà Nội",
-    "hanoi": "Hà Nội",
+    "hanoi city": "Hà Nội",
     "thua thien hue": "Huế",
-    "hue": "Huế",
-    "da nang": "Đà Nẵng",
-    "danang": "Đà Nẵng",
-    "quang nam": "Đà Nẵng",
-    "hai phong": "Hải Phòng",
-    "haiphong": "Hải Phòng",
-    "hai duong": "Hải Phòng",
-    "can tho": "Cần Thơ",
-    "soc trang": "Cần Thơ",
-    "hau giang": "Cần Thơ",
     "nha trang": "Khánh Hòa",
-    "ninh thuan": "Khánh Hòa",
     "bien hoa": "Đồng Nai",
-    "binh phuoc": "Đồng Nai",
-    "bac giang": "Bắc Ninh",
-    "vinh phuc": "Phú Thọ",
-    "hoa binh": "Phú Thọ",
-    "thai binh": "Hưng Yên",
-    "ha nam": "Ninh Bình",
-    "nam dinh": "Ninh Bình",
-    "quang binh": "Quảng Trị",
-    "kon tum": "Quảng Ngãi",
-    "binh dinh": "Gia Lai",
-    "dak nong": "Lâm Đồng",
-    "binh thuan": "Lâm Đồng",
-    "phu yen": "Đắk Lắk",
-    "long an": "Tây Ninh",
-    "ben tre": "Vĩnh Long",
-    "tra vinh": "Vĩnh Long",
-    "tien giang": "Đồng Tháp",
-    "bac lieu": "Cà Mau",
-    "kien giang": "An Giang",
-    "ha giang": "Tuyên Quang",
-    "yen bai": "Lào Cai",
-    "bac kan": "Thái Nguyên",
 }
 
+# Administrative-type prefixes written in front of a name, possibly the wrong one ("TP Bình Dương").
 _PREFIXES = ("thanh pho ", "tinh ", "tp ", "t p ")
+
+# Units in the package's data; checked so a data update that changes the shape fails loudly.
+_NEW_UNITS = 34
+_OLD_UNITS = 63
+
+
+def _key(folded: str) -> str:
+    """Spaceless folded form: the package's keywords are written this way ("hochiminh", "hcm")."""
+    return folded.replace(" ", "")
+
+
+@cache
+def _index() -> dict[str, str]:
+    """Spaceless folded spelling -> canonical province, built once from the package's data.
+
+    Imported lazily because loading the package's parser data takes most of a second, which modules
+    that import this one only for its names (DAG parsing) should not pay.
+    """
+    from vietnamadminunits import convert_address
+    from vietnamadminunits.database import get_data
+
+    fields = ["province", "provinceShort", "provinceKey", "provinceKeywords"]
+    new_units = get_data(fields, table="admin_units")
+    old_units = get_data(fields, table="admin_units_legacy")
+    if len(new_units) != _NEW_UNITS or len(old_units) != _OLD_UNITS:
+        raise RuntimeError(f"vietnamadminunits lists {len(new_units)} new / {len(old_units)} old provinces")
+
+    ours = {_key(fold(p)): p for p in PROVINCES}
+    by_new_key: dict[str, str] = {}
+    for unit in new_units:
+        canonical = ours.get(_key(fold(unit["provinceShort"])))
+        if canonical is None:
+            raise RuntimeError(f"vietnamadminunits unit {unit['province']!r} is not in PROVINCES")
+        by_new_key[unit["provinceKey"]] = canonical
+    if set(by_new_key.values()) != set(PROVINCES):
+        raise RuntimeError("vietnamadminunits' 34 units do not map one-to-one onto PROVINCES")
+
+    index: dict[str, str] = {}
+
+    def add(key: str, canonical: str) -> None:
+        """Register a spelling; two units claiming one spelling would make the answer arbitrary."""
+        if index.setdefault(key, canonical) != canonical:
+            raise RuntimeError(f"spelling {key!r} is claimed by {index[key]!r} and {canonical!r}")
+
+    for unit in new_units:
+        canonical = by_new_key[unit["provinceKey"]]
+        for spelling in [unit["province"], unit["provinceShort"], *json.loads(unit["provinceKeywords"])]:
+            add(_key(fold(spelling)), canonical)
+    for unit in old_units:
+        # A province-only address needs no ward lookup, so the converter stays offline here.
+        new_key = convert_address(unit["province"]).province_key
+        if new_key not in by_new_key:
+            raise RuntimeError(f"vietnamadminunits converts {unit['province']!r} to unknown unit {new_key!r}")
+        canonical = by_new_key[new_key]
+        for spelling in [unit["province"], unit["provinceShort"], *json.loads(unit["provinceKeywords"])]:
+            add(_key(fold(spelling)), canonical)
+    for alias, canonical in _ALIASES.items():
+        add(_key(alias), canonical)
+    return index
 
 
 @lru_cache(maxsize=4096)
 def canonical_province(raw: str | None) -> str | None:
-    """Canonical province for a free-text value, or None when it is blank or unrecognised."""
+    """Canonical province for a free-text value, or None when it is blank or unrecognised.
+
+    Matches the whole value (after an optional type prefix) rather than searching inside it, so a
+    district or street that happens to contain a province keyword is not mistaken for a province.
+    """
     if raw is None:
         return None
-    key = fold(raw)
-    if not key:
+    folded = fold(raw)
+    if not folded:
         return None
-    candidates = [key, key.replace(" ", "")]
-    for prefix in _PREFIXES:
-        if key.startswith(prefix):
-            candidates.append(key[len(prefix) :])
+    index = _index()
+    candidates = [folded]
+    candidates += [folded[len(prefix) :] for prefix in _PREFIXES if folded.startswith(prefix)]
     for cand in candidates:
-        if cand in _BY_FOLDED:
-            return _BY_FOLDED[cand]
-        if cand in _ALIASES:
-            return _ALIASES[cand]
+        found = index.get(_key(cand))
+        if found is not None:
+            return found
     return None
-
-
-_BY_FOLDED: dict[str, str] = {fold(p): p for p in PROVINCES} | {fold(p).replace(" ", ""): p for p in PROVINCES}

@@ -17,7 +17,7 @@ from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
 from tasks.lake import Lake
 from tasks.segments import explain, history
 from tasks.segments.compile import Compiler
-from tasks.segments.rules import Segment, SegmentsConfig
+from tasks.segments.rules import ClusterConfig, Segment, SegmentsConfig
 from tasks.settings import RunWindow
 from tasks.unify.profiles import UNIFIED
 
@@ -89,11 +89,34 @@ def evaluate(
         str(reasons[s].get(k, "")) for s, k in zip(memberships["segment"], memberships["customer_key"], strict=True)
     ]
     memberships["reasons"] = memberships["reasons"].astype("string")
+    names = [s.name for s in segments.segments]
+    if segments.clusters is not None:
+        clustered = cluster_memberships(lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, day), segments.clusters)
+        memberships = pd.concat([memberships, clustered], ignore_index=True)
+        names += list(dict.fromkeys(clustered["segment"]))
     for seg in segments.segments:
         log.info("segment %s: %d members", seg.name, int((memberships["segment"] == seg.name).sum()))
     lake.write("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, day, memberships)
-    history.record(lake, day, memberships, [s.name for s in segments.segments])
-    return {seg.name: int((memberships["segment"] == seg.name).sum()) for seg in segments.segments}
+    history.record(lake, day, memberships, names)
+    return {name: int((memberships["segment"] == name).sum()) for name in names}
+
+
+def cluster_memberships(features: pd.DataFrame, cfg: ClusterConfig) -> pd.DataFrame:
+    """One segment per k-means cluster; the reason column carries the cluster's readable profile."""
+    from tasks.segments.clusters import cluster_customers
+
+    result = cluster_customers(features, cfg.columns, k_range=range(2, cfg.max_clusters + 1), seed=cfg.seed)
+    names = result.names()
+    frame = pd.DataFrame(
+        {
+            "segment": [f"{cfg.prefix}{'none' if c < 0 else c}" for c in result.assignments],
+            "customer_key": result.assignments.index.astype(str),
+            "group": None,
+            "reasons": [names.get(int(c), "") for c in result.assignments],
+        }
+    )
+    log.info("clusters: k=%d chosen by silhouette (%s)", result.k, ", ".join(f"{n}" for n in names.values()))
+    return frame.sort_values(["segment", "customer_key"]).astype("string").reset_index(drop=True)
 
 
 def resolve_priorities(segments: SegmentsConfig, members: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -532,10 +532,23 @@ class PackRef(Node):
         return pack
 
 
+class ClusterConfig(Node):
+    """Data-driven segments: k-means on scaled RFM and behaviour features (tasks/segments/clusters.py).
+
+    Each cluster becomes a segment ``<prefix><id>`` whose title is the cluster's readable profile.
+    """
+
+    prefix: str = Field("cluster_", pattern=r"^[a-z][a-z0-9_]{0,30}$")
+    seed: int = 42
+    max_clusters: int = Field(8, ge=2, le=20)
+    columns: list[str] | None = None
+
+
 class SegmentsConfig(Node):
     """Hand-written segments plus the segments of the packs switched on (appended in pack order)."""
 
     packs: list[PackRef] = Field(default_factory=list)
+    clusters: ClusterConfig | None = None
     segments: list[Segment] = Field(min_length=1)
 
     @model_validator(mode="before")
