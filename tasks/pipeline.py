@@ -224,7 +224,7 @@ def segments(run_date: str) -> list[str]:
     window = _window(cfg, run_date)
     refs = _refs()
     stores = current_frame(lake, refs["stores"].source, "stores", window.run_date)
-    counts = evaluate(lake, window, load_segments(cfg.directory), stores=stores)
+    counts = evaluate(lake, window, load_segments(cfg.directory), stores=stores, backend=cfg.pipeline.engine)
     return list(counts)
 
 

@@ -21,6 +21,8 @@ class PipelineConfig(Strict):
     business_timezone: str = "Asia/Ho_Chi_Minh"
     lake_root: str = "lake"
     quarantine_alert_share: float = Field(0.02, ge=0, le=1)
+    # Segment engine: the embedded DuckDB, or Spark (AUDIENCES_SPARK_MASTER) for data beyond one machine.
+    engine: Literal["duckdb", "spark"] = "duckdb"
 
     @field_validator("business_timezone")
     @classmethod

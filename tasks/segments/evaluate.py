@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import ibis
 import pandas as pd
 
 from tasks.config.loader import load_model
 from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
 from tasks.lake import Lake
-from tasks.segments import explain, history
+from tasks.segments import engines, explain, history
 from tasks.segments.compile import Compiler
+from tasks.segments.engines import Engine
 from tasks.segments.rules import ClusterConfig, Segment, SegmentsConfig
 from tasks.settings import RunWindow
 from tasks.unify.profiles import UNIFIED
@@ -33,30 +33,34 @@ def load_segments(config_dir: Path) -> SegmentsConfig:
 
 @contextmanager
 def engine(
-    lake: Lake, window: RunWindow, segments: SegmentsConfig, stores: pd.DataFrame | None = None
+    lake: Lake,
+    window: RunWindow,
+    segments: SegmentsConfig,
+    stores: pd.DataFrame | None = None,
+    backend: Engine = "duckdb",
 ) -> Iterator[tuple[Compiler, Any]]:
-    """A compiler and the feature table for the run date, on an embedded DuckDB.
+    """A compiler and the feature table for the run date, on the configured engine (embedded DuckDB
+    by default; ``spark`` runs the same expressions on a Spark session, see segments/engines.py).
 
     ``stores`` (store_id, latitude, longitude) is only needed by ``near: {store: ...}`` rules. Web
     events are read from the unified zone when that partition exists; rules that need them fail
     otherwise rather than treating every customer as "never did it".
     """
     day = window.run_date
-    con = ibis.duckdb.connect()
+    con = engines.connect(backend)
     try:
         with tempfile.TemporaryDirectory(prefix="segments-") as tmp:
-            con.raw_sql("SET TimeZone = 'UTC'")
-            features = con.read_parquet(lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
-            purchases = con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day))
+            features = engines.read_parquet(con, lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
+            purchases = engines.read_parquet(con, lake.local_files("unified", UNIFIED, "purchases", day))
             events = None
             if lake.exists("unified", UNIFIED, "web_events", day):
-                events = con.read_parquet(lake.local_files("unified", UNIFIED, "web_events", day))
+                events = engines.read_parquet(con, lake.local_files("unified", UNIFIED, "web_events", day))
             store_table = None
             if stores is not None:
                 # Parquet rather than an in-memory table: ibis 12 memtables emit SQL DuckDB 2.0 rejects.
                 path = Path(tmp) / "stores.parquet"
                 stores[["store_id", "latitude", "longitude"]].to_parquet(path)
-                store_table = con.read_parquet(path)
+                store_table = engines.read_parquet(con, [path])
             compiler = Compiler(
                 features,
                 purchases,
@@ -71,14 +75,18 @@ def engine(
 
 
 def evaluate(
-    lake: Lake, window: RunWindow, segments: SegmentsConfig, stores: pd.DataFrame | None = None
+    lake: Lake,
+    window: RunWindow,
+    segments: SegmentsConfig,
+    stores: pd.DataFrame | None = None,
+    backend: Engine = "duckdb",
 ) -> dict[str, int]:
     """Write memberships (segment, customer_key, group, reasons) for the run date, and the run's
     entered/left changes and sizes; returns members per segment."""
     day = window.run_date
     raw: dict[str, list[str]] = {}
     reasons: dict[str, pd.Series] = {}
-    with engine(lake, window, segments, stores) as (compiler, features):
+    with engine(lake, window, segments, stores, backend) as (compiler, features):
         for seg in segments.in_dependency_order():
             expr = compiler.compile(seg.rule).fill_null(False)
             truth = explain.truth_table(compiler, features, seg.rule, where=expr)

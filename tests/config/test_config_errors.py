@@ -89,3 +89,12 @@ def test_pipeline_timezone_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         _ = AppConfig(tmp_path).pipeline
     assert "business_timezone: unknown time zone 'Asia/Saigon_City'" in str(exc.value)
+
+
+def test_pipeline_engine_is_duckdb_or_spark(tmp_path: Path) -> None:
+    write(tmp_path, "engine: spark\n", "pipeline.yaml")
+    assert AppConfig(tmp_path).pipeline.engine == "spark"
+    write(tmp_path, "engine: postgres\n", "pipeline.yaml")
+    with pytest.raises(ConfigError) as exc:
+        _ = AppConfig(tmp_path).pipeline
+    assert "engine:" in str(exc.value) and "'duckdb'" in str(exc.value)
