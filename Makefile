@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 export UV_LINK_MODE := copy
 
-.PHONY: demo test install install-dev lint bench clean
+.PHONY: demo test install install-dev lint bench bench-segments bench-segments-l clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found; install python3.11 (with venv and pip) and retry" >&2; exit 1; }
@@ -34,6 +34,16 @@ lint: install-dev
 
 bench: install-dev
 	$(VENV)/bin/python -m bench.run
+	$(VENV)/bin/python -m bench.segments_bench --size S
+
+# Segment engine (issue 4): features vs pandas and a hand-written DuckDB floor, segments, membership diff.
+# Data is generated once per size under var/bench/data/<size>/ (M is about 1.3 GB, L about 7 GB).
+bench-segments: install-dev
+	$(VENV)/bin/python -m bench.segments_bench --size S
+	$(VENV)/bin/python -m bench.segments_bench --size M
+
+bench-segments-l: install-dev
+	$(VENV)/bin/python -m bench.segments_bench --size L
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

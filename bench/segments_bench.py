@@ -1,0 +1,513 @@
+"""Segment-engine benchmark (issue 4): features, segments and membership diff at sizes S, M and L.
+
+``python -m bench.segments_bench --size S`` generates (or reuses) the synthetic lake of that size
+(``bench.segdata``) and measures, in the same run, each stage in a FRESH child process, so the peak
+RSS reported is that stage's own and one stage's caches cannot speed up another:
+
+* ``product``  - ``compute_features`` (every feature) on views over the Parquet files, written to Parquet;
+* ``pandas``   - the core features in idiomatic pandas (``bench.pandas_features``);
+* ``floor``    - the core features in one minimal hand-written DuckDB query straight over the files;
+* ``check``    - asserts the three agree on the core columns, so the comparison is honest;
+* ``segments`` - every segment of ``config/segments.yaml`` on the product's feature table, done as
+  ``tasks.segments.evaluate.evaluate`` does it (compile, truth table, reasons, ``finalize``) minus the lake;
+* ``diff``     - ``membership_changes`` against a previous run with about 5 % of memberships changed.
+
+The machine is shared and noisy, so the comparisons are ratios of figures measured side by side in
+one run; absolute seconds are context. The pandas and floor ratios compare the product's FULL feature
+query (about 80 columns) with implementations of only the core columns, so they are upper bounds on
+the product's overhead. Results go to ``var/bench/segments_<size>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import segdata
+from bench.pandas_features import CORE_COLUMNS, core_features
+from tasks.settings import RunWindow
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config"
+OUT = ROOT / "var" / "bench"
+WINDOW = RunWindow(segdata.RUN_DATE, segdata.TZ)
+FEATURE_VARIANTS = ("floor", "product", "pandas")
+VARIANTS = (*FEATURE_VARIANTS, "check", "segments", "diff")
+DIAGNOSTICS = ("profile",)  # opt-in (--only profile): reruns the product query with DuckDB's profiler on
+CHANGED_SHARE = 0.05
+TARGETS = {"speedup_vs_pandas": 4.0, "over_floor": 1.5, "peak_mib": 3 * 1024, "segments_s": 5.0, "segments_n": 50}
+
+
+def _rss_mib() -> float:
+    """Current resident set, to tell the stage's own memory from the interpreter and its imports."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --------------------------------------------------------------------------------------
+# Variants (each runs in its own child process)
+# --------------------------------------------------------------------------------------
+
+
+def run_product(data: Path, work: Path) -> dict[str, Any]:
+    """The product as the pipeline runs it, minus the lake: views over the inputs, the query, a Parquet write."""
+    import duckdb
+
+    from tasks.features.build import compute_features
+    from tasks.features.catalog import crm_features, load_features_config
+
+    extras = crm_features(load_features_config(CONFIG))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for view in segdata.TABLES:
+        con.read_parquet(segdata.files(data, view)).create_view(view)
+    started = time.perf_counter()
+    frame = compute_features(con, WINDOW, extras)
+    queried = time.perf_counter()
+    frame.to_parquet(work / "product.parquet", index=False)
+    done = time.perf_counter()
+    con.close()
+    return {
+        "seconds": done - started,
+        "query_s": queried - started,
+        "write_s": done - queried,
+        "rows": len(frame),
+        "columns": len(frame.columns),
+    }
+
+
+def _operators(node: dict[str, Any], out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for child in node.get("children", []):
+        info = child.get("extra_info") or {}
+        detail = info.get("CTE Name") or info.get("Projections") or info.get("Aggregates") or info.get("Function")
+        out.append(
+            {"operator": child.get("name"), "seconds": child.get("timing", 0.0),
+             "rows": child.get("intermediate_rows"), "detail": str(detail)[:160]}
+        )  # fmt: skip
+        _operators(child, out)
+    return out
+
+
+def run_profile(data: Path, work: Path) -> dict[str, Any]:
+    """Where the product's feature query spends its time: the slowest operators (CTE materialisations
+    are named by their CTE). Operator times are summed over threads, so they exceed wall time."""
+    import duckdb
+
+    from tasks.features.build import compute_features
+    from tasks.features.catalog import crm_features, load_features_config
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for view in segdata.TABLES:
+        con.read_parquet(segdata.files(data, view)).create_view(view)
+    con.execute("PRAGMA enable_profiling = 'json'")
+    con.execute(f"PRAGMA profiling_output = '{work / 'profile.json'}'")
+    started = time.perf_counter()
+    compute_features(con, WINDOW, crm_features(load_features_config(CONFIG)))
+    seconds = time.perf_counter() - started
+    con.close()
+    doc = json.loads((work / "profile.json").read_text())
+    ops = sorted(_operators({"children": doc.get("operator", [])}, []), key=lambda o: -o["seconds"])
+    return {"seconds": seconds, "cpu_s": doc.get("query", {}).get("cpu_time"), "hot": ops[:10]}
+
+
+def run_pandas(data: Path, work: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    frame = core_features(data, WINDOW)
+    frame.to_parquet(work / "pandas.parquet", index=False)
+    return {"seconds": time.perf_counter() - started, "rows": len(frame), "columns": len(frame.columns)}
+
+
+def _ts(value: Any) -> str:
+    return f"TIMESTAMPTZ '{value.isoformat()}'"
+
+
+def floor_sql(data: Path, out: Path) -> str:
+    """The least a DuckDB user would write for the core features: one pass over orders, one over the
+    last 30 days of events, windows as instant bounds (no per-row time-zone conversion), no views."""
+    day_start = {n: _ts(WINDOW.day_start(WINDOW.run_date - timedelta(days=n - 1))) for n in (30, 90, 365)}
+    windows = ",\n".join(
+        f"count(*) FILTER (WHERE ordered_at >= {day_start[n]}) AS orders_last_{n}d, "
+        f"coalesce(sum(total_vnd) FILTER (WHERE ordered_at >= {day_start[n]}), 0) AS spend_last_{n}d"
+        for n in (30, 90, 365)
+    )
+    tz = WINDOW.tz.key
+    return f"""
+    COPY (
+      WITH a AS (
+        SELECT customer_id AS customer_key, count(*) AS orders, sum(total_vnd) AS monetary_total,
+               avg(total_vnd) AS avg_order_value, min(ordered_at) AS first_purchase_at,
+               max(ordered_at) AS last_purchase_at,
+               date_diff('day', CAST(timezone('{tz}', max(ordered_at)) AS DATE), DATE '{WINDOW.run_date}')
+                   AS recency_days,
+               {windows},
+               avg(CASE WHEN discount_vnd > 0 THEN 1.0 ELSE 0.0 END) AS discount_share
+        FROM read_parquet('{segdata.files(data, "orders")}')
+        WHERE customer_id IS NOT NULL AND ordered_at < {_ts(WINDOW.as_of)}
+        GROUP BY customer_id
+      ),
+      w AS (
+        SELECT user_id AS customer_key, count(DISTINCT session_id) AS web_sessions_30d,
+               count(*) FILTER (WHERE event_name = 'page_view') AS page_views_30d,
+               count(*) FILTER (WHERE event_name = 'view_item') AS product_views_30d,
+               count(*) FILTER (WHERE event_name = 'add_to_cart') AS add_to_cart_30d
+        FROM read_parquet('{segdata.files(data, "web_events")}')
+        WHERE user_id IS NOT NULL AND event_at >= {day_start[30]} AND event_at < {_ts(WINDOW.as_of)}
+        GROUP BY user_id
+      )
+      SELECT c.customer_key,
+             coalesce(a.orders, 0) AS orders, coalesce(a.monetary_total, 0) AS monetary_total,
+             a.avg_order_value, a.first_purchase_at, a.last_purchase_at, a.recency_days,
+             coalesce(a.orders_last_30d, 0) AS orders_last_30d, coalesce(a.orders_last_90d, 0) AS orders_last_90d,
+             coalesce(a.orders_last_365d, 0) AS orders_last_365d, coalesce(a.spend_last_30d, 0) AS spend_last_30d,
+             coalesce(a.spend_last_90d, 0) AS spend_last_90d, coalesce(a.spend_last_365d, 0) AS spend_last_365d,
+             a.discount_share, coalesce(w.web_sessions_30d, 0) AS web_sessions_30d,
+             coalesce(w.page_views_30d, 0) AS page_views_30d, coalesce(w.product_views_30d, 0) AS product_views_30d,
+             coalesce(w.add_to_cart_30d, 0) AS add_to_cart_30d
+      FROM read_parquet('{segdata.files(data, "customers")}') c
+      LEFT JOIN a USING (customer_key) LEFT JOIN w USING (customer_key)
+    ) TO '{out}' (FORMAT parquet)
+    """
+
+
+def run_floor(data: Path, work: Path) -> dict[str, Any]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    started = time.perf_counter()
+    con.execute(floor_sql(data, work / "floor.parquet"))
+    seconds = time.perf_counter() - started
+    con.close()
+    return {"seconds": seconds, "columns": len(CORE_COLUMNS)}
+
+
+def _mismatches(a: pd.Series, b: pd.Series) -> int:
+    """Rows where two versions of a column differ (both empty counts as equal; floats to 1e-9)."""
+    if pd.api.types.is_datetime64_any_dtype(a):
+        same = (a == b) | (a.isna() & b.isna())
+        return int((~same).sum())
+    x, y = a.astype("float64").to_numpy(), b.astype("float64").to_numpy()
+    return int((~np.isclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+
+
+def run_check(data: Path, work: Path) -> dict[str, Any]:
+    """Assert that pandas and the floor compute the product's values for every core column."""
+    frames = {
+        name: pd.read_parquet(work / f"{name}.parquet", columns=CORE_COLUMNS)
+        .sort_values("customer_key")
+        .reset_index(drop=True)
+        for name in FEATURE_VARIANTS
+    }
+    product = frames["product"]
+    report: dict[str, dict[str, int]] = {}
+    for name in ("pandas", "floor"):
+        other = frames[name]
+        assert len(other) == len(product), f"{name}: {len(other)} rows, product {len(product)}"
+        assert (other["customer_key"] == product["customer_key"]).all(), f"{name}: different customers"
+        report[name] = {c: _mismatches(product[c], other[c]) for c in CORE_COLUMNS[1:]}
+    bad = {name: {c: n for c, n in cols.items() if n} for name, cols in report.items()}
+    assert not any(bad.values()), f"core features differ from the product's (rows per column): {bad}"
+    buyers = int((product["orders"] > 0).sum())
+    return {"seconds": 0.0, "rows": len(product), "columns_checked": len(CORE_COLUMNS) - 1, "buyers": buyers}
+
+
+def run_segments(data: Path, work: Path) -> dict[str, Any]:
+    """``evaluate`` without the lake: the same loop over ``in_dependency_order`` and ``finalize``."""
+    import ibis
+
+    from tasks.segments import explain
+    from tasks.segments.compile import Compiler
+    from tasks.segments.evaluate import finalize, load_segments
+
+    segments = load_segments(CONFIG)
+    con = ibis.duckdb.connect()
+    con.raw_sql("SET TimeZone = 'UTC'")
+    features = con.read_parquet(work / "product.parquet", table_name="features")
+    purchases = con.read_parquet(segdata.files(data, "purchases"), table_name="purchases")
+    # unified/web_events calls the logged-in user customer_key (tasks/unify/profiles.py).
+    con.raw_sql(
+        "CREATE VIEW events AS SELECT user_id AS customer_key, * EXCLUDE (user_id) "
+        f"FROM read_parquet('{segdata.files(data, 'web_events')}')"
+    )
+    stores = con.read_parquet(segdata.files(data, "stores"), table_name="stores")
+    compiler = Compiler(
+        features,
+        purchases,
+        WINDOW,
+        events=con.table("events"),
+        stores=stores,
+        segments={s.name: s.rule for s in segments.segments},
+    )
+    raw: dict[str, list[str]] = {}
+    reasons: dict[str, pd.Series] = {}
+    per_segment: dict[str, float] = {}
+    query_s = reasons_s = 0.0
+    started = time.perf_counter()
+    for seg in segments.in_dependency_order():
+        t0 = time.perf_counter()
+        expr = compiler.compile(seg.rule).fill_null(False)
+        truth = explain.truth_table(compiler, features, seg.rule, where=expr)
+        raw[seg.name] = sorted(str(k) for k in truth.index)
+        t1 = time.perf_counter()
+        reasons[seg.name] = explain.deciding_clauses(seg.rule, truth)
+        t2 = time.perf_counter()
+        query_s += t1 - t0
+        reasons_s += t2 - t1
+        per_segment[seg.name] = t2 - t0
+    t3 = time.perf_counter()
+    memberships = finalize(segments, raw)
+    t4 = time.perf_counter()
+    memberships["reasons"] = [
+        str(reasons[s].get(k, "")) for s, k in zip(memberships["segment"], memberships["customer_key"], strict=True)
+    ]
+    memberships["reasons"] = memberships["reasons"].astype("string")
+    done = time.perf_counter()
+    memberships.to_parquet(work / "memberships.parquet", index=False)
+    slowest = sorted(per_segment.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "seconds": done - started,
+        "segments": len(segments.segments),
+        "memberships": len(memberships),
+        "query_s": query_s,
+        "explain_s": reasons_s,
+        "finalize_s": t4 - t3,
+        "attach_reasons_s": done - t4,
+        "slowest": {k: round(v, 3) for k, v in slowest},
+    }
+
+
+def previous_run(current: pd.DataFrame, share: float, seed: int = 7) -> pd.DataFrame:
+    """``current`` with the customer key of ``share`` of its rows swapped for another one, so the diff
+    finds that share "entered" (the current key) and as many "left" (the swapped-in key)."""
+    rng = np.random.default_rng(seed)
+    changed = rng.random(len(current)) < share
+    previous = current.copy()
+    previous.loc[changed, "customer_key"] = previous.loc[changed, "customer_key"] + "-before"
+    return previous
+
+
+def run_diff(data: Path, work: Path) -> dict[str, Any]:
+    from tasks.segments.history import membership_changes
+
+    current = pd.read_parquet(work / "memberships.parquet")
+    previous = previous_run(current, CHANGED_SHARE)
+    started = time.perf_counter()
+    changes = membership_changes(current, previous)
+    seconds = time.perf_counter() - started
+    moved = changes["change"].value_counts()
+    return {
+        "seconds": seconds,
+        "current": len(current),
+        "previous": len(previous),
+        "entered": int(moved.get("entered", 0)),
+        "left": int(moved.get("left", 0)),
+    }
+
+
+RUNNERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
+    "product": run_product,
+    "pandas": run_pandas,
+    "floor": run_floor,
+    "check": run_check,
+    "segments": run_segments,
+    "diff": run_diff,
+    "profile": run_profile,
+}
+
+
+def child(variant: str, data: Path, work: Path) -> None:
+    """Run one variant and print its result as the last line of stdout (JSON)."""
+    baseline = _rss_mib()
+    result = RUNNERS[variant](data, work)
+    result |= {
+        "variant": variant,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "baseline_rss_mib": baseline,
+    }
+    print(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------
+# Parent: one size, every variant in a fresh process, one table
+# --------------------------------------------------------------------------------------
+
+
+def spawn(size: str, variant: str, data: Path, work: Path, timeout: float | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.segments_bench", "--size", size, "--variant", variant]
+    cmd += ["--data", str(data), "--work", str(work)]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": f"timed out after {timeout:.0f}s"}
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return {"variant": variant, "error": tail[0], "returncode": proc.returncode, "wall_s": wall}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def warm_cache(data: Path) -> float:
+    """Read every input file once so each variant finds them in the page cache, not only the first."""
+    started = time.perf_counter()
+    for path in sorted(data.rglob("*.parquet")):
+        with path.open("rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    return time.perf_counter() - started
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Print the table and the targets; return the JSON document."""
+    secs = {v: r.get("seconds") for v, r in results.items() if "error" not in r}
+    product, pandas_s, floor = secs.get("product"), secs.get("pandas"), secs.get("floor")
+    speedup = pandas_s / product if product and pandas_s else None
+    over_floor = product / floor if product and floor else None
+    rows = gen["rows"]
+    print(
+        f"\nsize {size}: {rows['customers']:,} customers, {rows['purchases']:,} POS lines "
+        f"({rows['orders']:,} orders), {rows['web_events']:,} web events; "
+        f"generated in {gen['seconds']:.1f}s{' (cached)' if gen.get('cached') else ''}, "
+        f"{gen['bytes'] / 2**20:,.0f} MiB Parquet"
+    )
+    print(
+        "ratios compare the product's FULL feature query with pandas and a hand-written floor that compute "
+        f"only the {len(CORE_COLUMNS) - 1} core features (so they overstate the product's cost)\n"
+    )
+    header = f"{'size':<5}{'stage':<34}{'seconds':>9}{'peak MiB':>10}{'pandas/product':>16}{'product/floor':>15}"
+    print(header)
+    print("-" * len(header))
+    labels = {
+        "product": f"features: product (all {results.get('product', {}).get('columns', '?')} cols)",
+        "pandas": f"features: pandas (core {len(CORE_COLUMNS) - 1})",
+        "floor": f"features: DuckDB floor (core {len(CORE_COLUMNS) - 1})",
+        "segments": f"segments ({results.get('segments', {}).get('segments', '?')} evaluated)",
+        "diff": "membership diff (~5 % changed)",
+    }
+    for variant, label in labels.items():
+        r = results.get(variant, {})
+        if "error" in r:
+            print(f"{size:<5}{label:<34}  FAILED: {r['error']}")
+            continue
+        ratio_p = _fmt(speedup, ".2f") + "x" if variant == "product" and speedup else ""
+        ratio_f = _fmt(over_floor, ".2f") + "x" if variant == "product" and over_floor else ""
+        print(
+            f"{size:<5}{label:<34}{_fmt(r.get('seconds'), '.2f'):>9}{_fmt(r.get('peak_rss_mib'), ',.0f'):>10}"
+            f"{ratio_p:>16}{ratio_f:>15}"
+        )
+    prof = results.get("profile", {})
+    if "hot" in prof:
+        print(f"\nproduct query under the profiler: {prof['seconds']:.2f}s wall, {prof['cpu_s']:.2f}s CPU")
+        print("slowest operators (seconds summed over threads):")
+        for op in prof["hot"]:
+            print(f"  {op['seconds']:>7.2f}s {op['operator']:<16}{op['rows'] or 0:>12,} rows  {op['detail']}")
+    seg = results.get("segments", {})
+    if "error" not in seg and seg:
+        print(
+            f"\nsegments: {seg['memberships']:,} memberships; queries+truth tables {seg['query_s']:.2f}s, "
+            f"reasons {seg['explain_s']:.2f}s, finalize {seg['finalize_s']:.2f}s, "
+            f"attaching reasons {seg['attach_reasons_s']:.2f}s; slowest: {seg['slowest']}"
+        )
+    prod = results.get("product", {})
+    if "error" not in prod and prod:
+        print(f"product features: query {prod['query_s']:.2f}s + Parquet write {prod['write_s']:.2f}s")
+    product_stages = [results.get(v, {}).get("peak_rss_mib") for v in ("product", "segments", "diff")]
+    peak = max((p for p in product_stages if p is not None), default=None)
+    checks = {
+        "speed-up over pandas >= 4x": (speedup, speedup is not None and speedup >= TARGETS["speedup_vs_pandas"]),
+        "product/floor <= 1.5x": (over_floor, over_floor is not None and over_floor <= TARGETS["over_floor"]),
+        "peak memory < 3 GiB": (peak, peak is not None and peak < TARGETS["peak_mib"]),
+        "50+ segments < 5 s": (
+            seg.get("seconds"),
+            seg.get("seconds") is not None
+            and seg.get("segments", 0) >= TARGETS["segments_n"]
+            and seg["seconds"] < TARGETS["segments_s"],
+        ),
+    }
+    if "check" in results:
+        verdict = "FAILED: " + results["check"]["error"] if "error" in results["check"] else "equal"
+        print(f"core features, pandas and floor vs product: {verdict}")
+    print("\ntargets (issue 4, stated for size M):")
+    for name, (value, ok) in checks.items():
+        print(f"  {name:<30}{_fmt(value, '.2f'):>10}  {'met' if ok else 'NOT met'}")
+    return {
+        "size": size,
+        "run_date": WINDOW.run_date.isoformat(),
+        "cpus": os.cpu_count(),
+        "data": gen,
+        "results": results,
+        "speedup_vs_pandas": speedup,
+        "product_over_floor": over_floor,
+        "peak_rss_mib_product_stages": peak,
+        "targets": {name: {"value": value, "met": ok} for name, (value, ok) in checks.items()},
+        "note": "pandas and floor compute only the core features; the product computes all of them",
+    }
+
+
+def parent(size: str, variants: list[str], timeout: float | None, keep: bool) -> None:
+    print(f"Segment-engine benchmark, size {size} (each stage in a fresh process; ratios from this run)", flush=True)
+    data, gen = segdata.ensure(size)
+    work = OUT / "work" / size
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    warm = warm_cache(data)
+    made = "cached" if gen["cached"] else f"generated in {gen['seconds']:.1f}s"
+    print(f"data ready ({made}); page cache warmed in {warm:.1f}s", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for variant in variants:
+            results[variant] = spawn(size, variant, data, work, timeout)
+            r = results[variant]
+            status = r.get("error") or f"{r['seconds']:.2f}s, peak {r['peak_rss_mib']:,.0f} MiB"
+            print(f"  {variant:<9} {status}", flush=True)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    doc = report(size, gen, results)
+    path = OUT / f"segments_{size}.json"
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"\nresults: {path}")
+
+
+def main() -> None:
+    os.environ.setdefault("AUDIENCES_CONFIG", str(CONFIG))  # the rule compiler's field catalog
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(segdata.SIZES), default="S")
+    parser.add_argument("--variant", choices=VARIANTS + DIAGNOSTICS, help="internal: run one stage in this process")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS + DIAGNOSTICS, help="stages to run (default: all)")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--timeout", type=float, help="seconds allowed per stage")
+    parser.add_argument("--keep", action="store_true", help="keep the stage outputs under var/bench/work")
+    args = parser.parse_args()
+    if args.variant:
+        child(args.variant, args.data, args.work)
+    else:
+        parent(args.size, args.only or list(VARIANTS), args.timeout, args.keep)
+
+
+if __name__ == "__main__":
+    main()
