@@ -93,10 +93,15 @@ def evaluate(
             raw[seg.name] = sorted(str(k) for k in truth.index)
             reasons[seg.name] = explain.deciding_clauses(seg.rule, truth)
     memberships = finalize(segments, raw)
-    memberships["reasons"] = [
-        str(reasons[s].get(k, "")) for s, k in zip(memberships["segment"], memberships["customer_key"], strict=True)
-    ]
-    memberships["reasons"] = memberships["reasons"].astype("string")
+    why = pd.concat(
+        [
+            pd.DataFrame({"segment": name, "customer_key": r.index.astype(str), "reasons": r.to_numpy()})
+            for name, r in reasons.items()
+        ],
+        ignore_index=True,
+    ).astype("string")
+    memberships = memberships.merge(why, on=["segment", "customer_key"], how="left")
+    memberships["reasons"] = memberships["reasons"].fillna("")
     names = [s.name for s in segments.segments]
     if segments.clusters is not None:
         clustered = cluster_memberships(lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, day), segments.clusters)
@@ -148,10 +153,10 @@ def finalize(segments: SegmentsConfig, members: dict[str, list[str]]) -> pd.Data
     The column is always present so the table keeps one schema whether or not any segment splits.
     """
     kept = resolve_priorities(segments, members)
-    rows = []
+    parts = []
     for seg in segments.segments:
-        split = seg.split
-        for key in sorted(kept.get(seg.name, [])):
-            rows.append((seg.name, key, split.group_of(key) if split else None))
-    frame = pd.DataFrame(rows, columns=MEMBERSHIP_COLUMNS)
-    return frame.astype({"segment": "string", "customer_key": "string", "group": "string"})
+        keys = sorted(kept.get(seg.name, []))
+        groups = [seg.split.group_of(k) for k in keys] if seg.split else None  # hashing only for splits
+        parts.append(pd.DataFrame({"segment": seg.name, "customer_key": keys, "group": groups}))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=MEMBERSHIP_COLUMNS)
+    return frame[MEMBERSHIP_COLUMNS].astype({"segment": "string", "customer_key": "string", "group": "string"})
