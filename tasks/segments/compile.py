@@ -20,6 +20,7 @@ from tasks.config.loader import suggest
 from tasks.features import catalog
 from tasks.normalize.province import canonical_province
 from tasks.segments.rules import (
+    COMPARATORS,
     All,
     AnyOf,
     Birthday,
@@ -62,15 +63,7 @@ def _or(parts: Iterable[ir.BooleanValue]) -> ir.BooleanValue:
 
 
 def _count_expr(count: Count, col: ir.NumericValue) -> ir.BooleanValue:
-    ops = {
-        "eq": lambda v: col == v,
-        "ne": lambda v: col != v,
-        "gt": lambda v: col > v,
-        "gte": lambda v: col >= v,
-        "lt": lambda v: col < v,
-        "lte": lambda v: col <= v,
-    }
-    return _and(ops[op](v) for op, v in count.conditions())
+    return _and(COMPARATORS[op](col, v) for op, v in count.conditions())
 
 
 def _page_equals(page: ir.StringValue, value: str) -> ir.BooleanValue:
@@ -173,15 +166,8 @@ class Compiler:
             return col.between(low, high)
         if op == "contains":
             return col.lower().contains(str(rule.value).lower())
-        value = self._literal(rule.field, rule.value)
-        return {
-            "eq": lambda: col == value,
-            "ne": lambda: col != value,
-            "gt": lambda: col > value,
-            "gte": lambda: col >= value,
-            "lt": lambda: col < value,
-            "lte": lambda: col <= value,
-        }[op]()
+        result: ir.BooleanValue = COMPARATORS[op](col, self._literal(rule.field, rule.value))
+        return result
 
     def window_bounds(self, within: Window) -> tuple[datetime, datetime]:
         return bounds(within, self.window)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import operator
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any
 
@@ -28,6 +30,17 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 from tasks.config.loader import TAG_PREFIX, suggest
 from tasks.features import catalog
 from tasks.segments.windows import Node, Window
+
+# The comparison operators of the language, shared by Python checks and engine expressions
+# (Ibis overloads the same operators, so one table serves both).
+COMPARATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 
 OPERATORS: dict[str, str] = {
     "eq": "equals",
@@ -139,15 +152,7 @@ class Count(Node):
 
     def holds(self, x: int | float) -> bool:
         """Whether a customer with value ``x`` passes; decides how customers without rows are treated."""
-        checks = {
-            "eq": lambda v: x == v,
-            "ne": lambda v: x != v,
-            "gt": lambda v: x > v,
-            "gte": lambda v: x >= v,
-            "lt": lambda v: x < v,
-            "lte": lambda v: x <= v,
-        }
-        return all(checks[op](v) for op, v in self.conditions())
+        return all(COMPARATORS[op](x, v) for op, v in self.conditions())
 
 
 class PurchasedSpec(Node):
