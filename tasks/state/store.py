@@ -85,18 +85,15 @@ class StateStore:
 
     def files_seen(self, source: str, path: str) -> list[ProcessedFile]:
         """Every version (by content hash) of ``path`` already processed for ``source``."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(processed_files).where(processed_files.c.source == source, processed_files.c.path == path)
-            ).all()
-        return [ProcessedFile(r.source, r.path, r.sha256, r.size, r.run_date) for r in rows]
+        return self._processed(source, processed_files.c.path == path)
 
     def hash_seen(self, source: str, sha256: str) -> list[ProcessedFile]:
         """Files with this exact content already processed, under any name (re-delivery detection)."""
+        return self._processed(source, processed_files.c.sha256 == sha256)
+
+    def _processed(self, source: str, condition: sa.ColumnElement[bool]) -> list[ProcessedFile]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(processed_files).where(processed_files.c.source == source, processed_files.c.sha256 == sha256)
-            ).all()
+            rows = conn.execute(sa.select(processed_files).where(processed_files.c.source == source, condition)).all()
         return [ProcessedFile(r.source, r.path, r.sha256, r.size, r.run_date) for r in rows]
 
     def record_file(self, f: ProcessedFile) -> None:
