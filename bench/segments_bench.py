@@ -233,7 +233,7 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
 
     from tasks.segments import explain
     from tasks.segments.compile import Compiler
-    from tasks.segments.evaluate import finalize, load_segments
+    from tasks.segments.evaluate import attach_reasons, finalize, load_segments
 
     segments = load_segments(CONFIG)
     con = ibis.duckdb.connect()
@@ -273,10 +273,7 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
     t3 = time.perf_counter()
     memberships = finalize(segments, raw)
     t4 = time.perf_counter()
-    memberships["reasons"] = [
-        str(reasons[s].get(k, "")) for s, k in zip(memberships["segment"], memberships["customer_key"], strict=True)
-    ]
-    memberships["reasons"] = memberships["reasons"].astype("string")
+    memberships = attach_reasons(memberships, reasons)
     done = time.perf_counter()
     memberships.to_parquet(work / "memberships.parquet", index=False)
     slowest = sorted(per_segment.items(), key=lambda kv: -kv[1])[:5]

@@ -93,15 +93,7 @@ def evaluate(
             raw[seg.name] = sorted(str(k) for k in truth.index)
             reasons[seg.name] = explain.deciding_clauses(seg.rule, truth)
     memberships = finalize(segments, raw)
-    why = pd.concat(
-        [
-            pd.DataFrame({"segment": name, "customer_key": r.index.astype(str), "reasons": r.to_numpy()})
-            for name, r in reasons.items()
-        ],
-        ignore_index=True,
-    ).astype("string")
-    memberships = memberships.merge(why, on=["segment", "customer_key"], how="left")
-    memberships["reasons"] = memberships["reasons"].fillna("")
+    memberships = attach_reasons(memberships, reasons)
     names = [s.name for s in segments.segments]
     if segments.clusters is not None:
         clustered = cluster_memberships(lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, day), segments.clusters)
@@ -130,6 +122,20 @@ def cluster_memberships(features: pd.DataFrame, cfg: ClusterConfig) -> pd.DataFr
     )
     log.info("clusters: k=%d chosen by silhouette (%s)", result.k, ", ".join(f"{n}" for n in names.values()))
     return frame.sort_values(["segment", "customer_key"]).astype("string").reset_index(drop=True)
+
+
+def attach_reasons(memberships: pd.DataFrame, reasons: dict[str, pd.Series]) -> pd.DataFrame:
+    """Add each member's deciding clauses (``reasons[segment]`` is indexed by customer_key)."""
+    why = pd.concat(
+        [
+            pd.DataFrame({"segment": n, "customer_key": r.index.astype(str), "reasons": r.to_numpy()})
+            for n, r in reasons.items()
+        ],
+        ignore_index=True,
+    ).astype("string")
+    out = memberships.merge(why, on=["segment", "customer_key"], how="left")
+    out["reasons"] = out["reasons"].fillna("")
+    return out
 
 
 def resolve_priorities(segments: SegmentsConfig, members: dict[str, list[str]]) -> dict[str, list[str]]:
