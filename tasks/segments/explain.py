@@ -106,13 +106,23 @@ def deciding_clauses(rule: Any, truth: pd.DataFrame, member: bool = True) -> pd.
     ``member=True`` explains why rows are in the segment, ``False`` why they are not.
     """
     arrays = {c: truth[c].fillna(False).to_numpy(dtype=bool) for c in truth.columns}
+    return pd.Series(deciding_text(rule, arrays, len(truth), member), index=truth.index)
+
+
+def deciding_text(rule: Any, arrays: dict[str, np.ndarray], rows: int, member: bool = True) -> np.ndarray:
+    """``deciding_clauses`` on leaf arrays (leaf path -> bool array of ``rows`` customers)."""
     masks = _masks(rule, "rule", arrays, supporting=member)
     labels = {leaf.path: leaf.label for leaf in leaves(rule)}
-    text = np.full(len(truth), "", dtype=object)
+    text = np.full(rows, "", dtype=object)
     for leaf_path, mask in masks.items():
         add = np.where(mask, labels[leaf_path], "")
         text = np.where((text != "") & (add != ""), text + "; " + add, text + add)
-    return pd.Series(text, index=truth.index)
+    return text
+
+
+def value(rule: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The rule's outcome per customer from its leaf arrays."""
+    return _value(rule, "rule", arrays)
 
 
 def truth_table(compiler: Any, features: Any, rule: Any, where: Any = None) -> pd.DataFrame:
