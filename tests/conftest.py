@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,25 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"lake-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def run_stages() -> Callable[..., dict[str, Any]]:
+    """Run the stage functions the DAG calls, in DAG order, in-process (no Airflow) for one date.
+
+    ``until`` stops after "features" or "segments"; the result holds what later stages need.
+    """
+    from tasks import pipeline
+
+    def run(run_date: str, until: str = "segments") -> dict[str, Any]:
+        extracts, reports = [], []
+        for pair in pipeline.source_tables():
+            extracts.append(pipeline.extract(pair["source"], pair["table"], run_date))
+            reports.append(pipeline.validate(pair["source"], pair["table"], run_date))
+        pipeline.gate(reports)
+        pipeline.build_unified(run_date)
+        pipeline.features(run_date)
+        segments = pipeline.segments(run_date) if until == "segments" else []
+        return {"extracts": extracts, "reports": reports, "segments": segments}
+
+    return run

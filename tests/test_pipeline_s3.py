@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pandas as pd
@@ -14,22 +16,17 @@ from tasks import pipeline
 RUN = "2026-11-24"
 
 
-def test_stages_run_on_an_s3_lake(sample_home: Path, s3_bucket: str, s3_endpoint: str) -> None:
+def test_stages_run_on_an_s3_lake(
+    sample_home: Path, s3_bucket: str, s3_endpoint: str, run_stages: Callable[..., dict[str, Any]]
+) -> None:
     config = sample_home / "config" / "pipeline.yaml"
     doc = yaml.safe_load(config.read_text(encoding="utf-8"))
     doc["lake_root"] = f"s3://{s3_bucket}/lake"
     config.write_text(yaml.safe_dump(doc), encoding="utf-8")
 
-    extracts, reports = [], []
-    for pair in pipeline.source_tables():
-        extracts.append(pipeline.extract(pair["source"], pair["table"], RUN))
-        reports.append(pipeline.validate(pair["source"], pair["table"], RUN))
-    pipeline.gate(reports)
-    pipeline.build_unified(RUN)
-    pipeline.features(RUN)
-    segments = pipeline.segments(RUN)
-    delivered = [pipeline.deliver(s, RUN) for s in segments]
-    summary = pipeline.summarize(RUN, extracts, reports, delivered)
+    done = run_stages(RUN)
+    delivered = [pipeline.deliver(s, RUN) for s in done["segments"]]
+    summary = pipeline.summarize(RUN, done["extracts"], done["reports"], delivered)
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     keys = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -11,17 +13,7 @@ import yaml
 from tasks import pipeline
 
 RUN = "2026-11-24"
-
-
-def run_through_segments() -> list[str]:
-    reports = []
-    for pair in pipeline.source_tables():
-        pipeline.extract(pair["source"], pair["table"], RUN)
-        reports.append(pipeline.validate(pair["source"], pair["table"], RUN))
-    pipeline.gate(reports)
-    pipeline.build_unified(RUN)
-    pipeline.features(RUN)
-    return pipeline.segments(RUN)
+RunStages = Callable[..., dict[str, Any]]
 
 
 def members(home: Path, segment: str) -> set[str]:
@@ -29,8 +21,8 @@ def members(home: Path, segment: str) -> set[str]:
     return set(pd.read_csv(path, encoding="utf-8-sig", dtype=str)["customer_key"])
 
 
-def test_changing_a_threshold_in_yaml_changes_the_audience(sample_home: Path) -> None:
-    segments = run_through_segments()
+def test_changing_a_threshold_in_yaml_changes_the_audience(sample_home: Path, run_stages: RunStages) -> None:
+    segments = run_stages(RUN)["segments"]
     assert "repeat_buyers" in segments
     pipeline.deliver("repeat_buyers", RUN)
     three_plus = members(sample_home, "repeat_buyers")
@@ -51,12 +43,9 @@ def test_changing_a_threshold_in_yaml_changes_the_audience(sample_home: Path) ->
     assert five_plus < three_plus, "raising the threshold must shrink the audience"
 
 
-def test_summary_counts_loaded_and_quarantined_rows(sample_home: Path) -> None:
-    extracts, reports = [], []
-    for pair in pipeline.source_tables():
-        extracts.append(pipeline.extract(pair["source"], pair["table"], RUN))
-        reports.append(pipeline.validate(pair["source"], pair["table"], RUN))
-    summary = pipeline.summarize(RUN, extracts, reports, [])
+def test_summary_counts_loaded_and_quarantined_rows(sample_home: Path, run_stages: RunStages) -> None:
+    done = run_stages(RUN, until="features")
+    summary = pipeline.summarize(RUN, done["extracts"], done["reports"], [])
     by_table = {t["table"]: t for t in summary["tables"]}
     assert by_table["orders"]["quarantined"] == 9
     assert by_table["orders"]["loaded"] + 9 == by_table["orders"]["rows"]
@@ -76,11 +65,11 @@ def test_sources_must_cover_every_canonical_table(home: Path) -> None:
     assert str(config) in str(exc.value)
 
 
-def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: object) -> None:
+def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: object, run_stages: RunStages) -> None:
     from tasks.sample import SampleData
 
     assert isinstance(small_sample, SampleData)
-    run_through_segments()
+    run_stages(RUN)
     features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")
     answers = small_sample.survey_responses
     bad_rows = {r.row for r in small_sample.injected if r.table == "survey_responses"}
@@ -94,8 +83,8 @@ def test_survey_file_answers_feed_nps_features(sample_home: Path, small_sample: 
     assert (features.set_index("customer_id").loc[latest.index, "nps_latest"] == latest).all()
 
 
-def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path) -> None:
-    run_through_segments()
+def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path, run_stages: RunStages) -> None:
+    run_stages(RUN)
     features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")
     repeat = set(features.loc[features["orders"] >= 3, "customer_key"])
     shown = pipeline.preview_segment("repeat_buyers", RUN)
@@ -112,8 +101,8 @@ def test_preview_and_explain_answer_from_the_stored_features(sample_home: Path) 
         pipeline.explain_membership("NOBODY", "repeat_buyers", RUN)
 
 
-def test_clusters_become_segments_with_readable_names(sample_home: Path) -> None:
-    run_through_segments()
+def test_clusters_become_segments_with_readable_names(sample_home: Path, run_stages: RunStages) -> None:
+    run_stages(RUN)
     members = pd.read_parquet(sample_home / "lake" / "segments" / "source=audiences" / "table=memberships")
     clusters = members[members["segment"].str.startswith("cluster_")]
     features = pd.read_parquet(sample_home / "lake" / "features" / "source=audiences" / "table=customer_features")

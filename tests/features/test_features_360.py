@@ -7,6 +7,7 @@ D-1 17:00 UTC. Frames go through Parquet, as in build_features, so DuckDB sees p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -489,17 +490,11 @@ def test_bad_features_config_fails_with_the_key(tmp_path: Path, text: str, messa
 # --- wired through the pipeline on generated sample data ---------------------------------------------------------
 
 
-def test_pipeline_builds_360_features_from_sample_sources(sample_home: Path, small_sample: SampleData) -> None:
-    from tasks import pipeline
-
+def test_pipeline_builds_360_features_from_sample_sources(
+    sample_home: Path, small_sample: SampleData, run_stages: Callable[..., Any]
+) -> None:
     run = RUN.isoformat()
-    reports = []
-    for pair in pipeline.source_tables():
-        pipeline.extract(pair["source"], pair["table"], run)
-        reports.append(pipeline.validate(pair["source"], pair["table"], run))
-    pipeline.gate(reports)
-    pipeline.build_unified(run)
-    pipeline.features(run)
+    run_stages(run, until="features")
     path = sample_home / "lake" / "features" / "source=audiences" / "table=customer_features" / f"dt={run}"
     got = pd.read_parquet(path).set_index("customer_id", drop=False)
     assert list(got.columns) == [*COLUMNS, "interests", "commute_mode", "works_remotely"]
