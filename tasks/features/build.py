@@ -226,10 +226,9 @@ browser_pref AS (
         FROM w WHERE browser IS NOT NULL GROUP BY customer_key, browser) WHERE rn = 1
 ),
 first_page AS (
-    SELECT customer_key, page_location AS first_page FROM (
-        SELECT customer_key, page_location,
-               row_number() OVER (PARTITION BY customer_key ORDER BY event_at, page_location) AS rn
-        FROM w WHERE event_name = 'page_view' AND page_location IS NOT NULL) WHERE rn = 1
+    SELECT customer_key, arg_min(page_location, struct_pack(t := event_at, u := page_location)) AS first_page
+    FROM w WHERE event_name = 'page_view' AND page_location IS NOT NULL
+    GROUP BY customer_key
 ),
 viewed AS (
     SELECT DISTINCT customer_key, trim(item) AS product_id FROM (
@@ -252,7 +251,11 @@ st AS (
       AND (opened_on IS NULL OR opened_on <= $run_date)
 ),
 nearest AS (
-    SELECT customer_key, store_id AS nearest_store, km AS distance_to_nearest_store_km FROM (
+    -- arg_min over (distance, store id) instead of ranking the whole customer x store product
+    SELECT customer_key,
+           arg_min(store_id, struct_pack(d := km, s := store_id)) AS nearest_store,
+           min(km) AS distance_to_nearest_store_km
+    FROM (
         SELECT p.customer_key, st.store_id,
                2 * $radius_km * asin(sqrt(least(1.0,
                    power(sin(radians(st.latitude - p.latitude) / 2), 2)
@@ -260,7 +263,7 @@ nearest AS (
                      * power(sin(radians(st.longitude - p.longitude) / 2), 2)))) AS km
         FROM p CROSS JOIN st
         WHERE p.latitude IS NOT NULL AND p.longitude IS NOT NULL)
-    QUALIFY row_number() OVER (PARTITION BY customer_key ORDER BY km, store_id) = 1
+    GROUP BY customer_key
 ),
 surveys AS (
     SELECT km.customer_key,
