@@ -1,0 +1,1 @@
+"""Local contract servers for every platform (tests and the sandbox demo); see server.py."""
