@@ -103,11 +103,21 @@ def customer_segments() -> None:
 
         return pipeline.segments(run_date)
 
-    @task(map_index_template="{{ task.op_kwargs['segment'] }}")
-    def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
+    @task
+    def sync_targets(segments: list[str]) -> list[dict[str, str]]:
+        """Every (segment, destination) pair to deliver, from destinations.yaml."""
         from tasks import pipeline
 
-        return pipeline.deliver(segment, run_date)
+        return pipeline.sync_targets(list(segments))
+
+    @task(
+        map_index_template="{{ task.op_kwargs['target']['segment'] }} -> {{ task.op_kwargs['target']['destination'] }}"
+    )
+    def deliver(target: dict[str, str], run_date: str) -> dict[str, Any]:
+        """One segment to one destination: a file, or a platform sync (plan, then apply or hold)."""
+        from tasks import pipeline
+
+        return pipeline.deliver_to(target["segment"], target["destination"], run_date)
 
     @task
     def summarize(
@@ -136,7 +146,7 @@ def customer_segments() -> None:
     unified >> feats
     segs = evaluate_segments(run_date)
     feats >> segs
-    delivered = deliver.partial(run_date=run_date).expand(segment=segs)
+    delivered = deliver.partial(run_date=run_date).expand(target=sync_targets(segs))
     summarize(run_date, extracted, first, second, delivered)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import date, datetime, timedelta
@@ -51,13 +52,20 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"  {t['source'] + '.' + t['table']:<24}{t['rows']:>9,}{t['loaded']:>9,}{t['quarantined']:>13,}"
             f"  {reasons}{flag}"
         )
-    print(f"\n  {'segment':<38}{'members':>9}  file")
+    print(f"\n  {'segment':<38}{'members':>9}  destination")
     for s in summary["segments"]:
-        print(f"  {s['segment']:<38}{s['members']:>9,}  {s['location']}")
+        sync = ""
+        if "status" in s:
+            sync = f"  {s['status']} (+{s['added']:,} -{s['removed']:,}, plan {s['plan_id']})"
+            if s.get("hold_reason"):
+                sync += f": {s['hold_reason']}; approve with `audiences approve {s['plan_id']}`"
+        print(f"  {s['segment']:<38}{s['members']:>9,}  {s['location']}{sync}")
     for warning in summary.get("warnings", []):
         print(f"  warning: {warning}")
     print(f"\n  quarantined rows (with reasons): {summary['quarantine']}")
     print(f"  data-quality report: {summary['quality_report']}")
+    if summary.get("delivery_report"):
+        print(f"  delivery history report: {summary['delivery_report']}")
 
 
 def cmd_run(run_date: date) -> int:
@@ -138,6 +146,40 @@ def cmd_explain(customer: str, segment: str, day: date | None) -> int:
     return 0
 
 
+def cmd_syncs(segment: str | None, destination: str | None, limit: int) -> int:
+    from tasks.sync.ledger import Ledger
+
+    plans = Ledger().plans(destination, segment).tail(limit)
+    if plans.empty:
+        print("no syncs yet")
+        return 0
+    print(f"{'plan':<26}{'destination':<22}{'segment':<28}{'status':<12}{'+add':>8}{'-rem':>8}{'size':>9}  note")
+    for p in plans.to_dict("records"):
+        note = p["hold_reason"] or p["error"] or ""
+        print(
+            f"{p['plan_id']:<26}{p['destination']:<22}{p['segment']:<28}{p['status']:<12}"
+            f"{p['adds']:>8,}{p['removes']:>8,}{p['expected_size']:>9,}  {note}"
+        )
+    return 0
+
+
+def cmd_decide(plan_id: str, approve: bool, by: str) -> int:
+    from tasks.pipeline import decide_sync
+
+    plan = decide_sync(plan_id, approve, by)
+    verb = "approved: the next sync of this audience applies it" if approve else "rejected: nothing will be sent"
+    print(f"plan {plan['plan_id']} ({plan['destination']}/{plan['segment']}) {verb}")
+    return 0
+
+
+def cmd_sync(segment: str, destination: str, day: date, dry_run: bool) -> int:
+    from tasks.pipeline import deliver_to
+
+    result = deliver_to(segment, destination, day.isoformat(), dry_run=dry_run)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audiences", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,10 +196,26 @@ def main(argv: list[str] | None = None) -> int:
     back = sub.add_parser("backfill", help="run the DAG for every business date of a range, in order")
     back.add_argument("--start", type=_date, required=True)
     back.add_argument("--end", type=_date, required=True)
+    syncs = sub.add_parser("syncs", help="recent audience syncs (plans) with their status and counts")
+    syncs.add_argument("--segment", default=None)
+    syncs.add_argument("--destination", default=None)
+    syncs.add_argument("--limit", type=int, default=30)
+    approve = sub.add_parser("approve", help="approve a sync held for approval (applied by its next sync)")
+    reject = sub.add_parser("reject", help="reject a sync held for approval (nothing is sent)")
+    for p in (approve, reject):
+        p.add_argument("plan_id")
+        p.add_argument("--by", default=os.environ.get("USER", "cli"), help="who decided (kept in the history)")
+    sync = sub.add_parser("sync", help="plan and apply one segment to one destination now")
+    sync.add_argument("segment")
+    sync.add_argument("destination")
+    sync.add_argument("--dry-run", action="store_true", help="write the plan only; send nothing")
+    supp = sub.add_parser("suppress", help="add a CSV of emails/phones to the global suppression list")
+    supp.add_argument("file", type=Path)
+    supp.add_argument("--reason", default="unsubscribed")
     for p in (gen, demo):
         p.add_argument("--scale", type=float, default=1.0, help="1.0 = about 2,000 customers")
         p.add_argument("--seed", type=int, default=42)
-    for p in (gen, run, demo):
+    for p in (gen, run, demo, sync):
         p.add_argument("--date", type=_date, default=None, help="business date (default: yesterday, Asia/Ho_Chi_Minh)")
     gen.add_argument("--out", type=Path, default=None, help="folder (default: $AUDIENCES_HOME/sample)")
     args = parser.parse_args(argv)
@@ -169,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_preview(args.segment, args.date)
         if args.command == "explain":
             return cmd_explain(args.customer, args.segment, args.date)
+        if args.command == "syncs":
+            return cmd_syncs(args.segment, args.destination, args.limit)
+        if args.command in ("approve", "reject"):
+            return cmd_decide(args.plan_id, args.command == "approve", args.by)
+        if args.command == "sync":
+            return cmd_sync(args.segment, args.destination, day, args.dry_run)
+        if args.command == "suppress":
+            from tasks.pipeline import import_suppressions
+
+            added = import_suppressions(str(args.file), args.reason, f"file:{args.file.name}")
+            print(f"{added:,} new suppressions (stored as hashes only)")
+            return 0
         if args.command == "generate":
             cmd_generate(day, args.scale, args.seed, args.out or settings.home() / "sample")
             return 0

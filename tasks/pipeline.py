@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pandas as pd
@@ -252,7 +252,8 @@ def explain_membership(customer_key: str, segment: str, run_date: str | None) ->
     return explain_customer(lake, _window(cfg, day.isoformat()), segments, customer_key, segment, stores)
 
 
-def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
+def audience_for(segment: str, run_date: str) -> tuple[str, pd.DataFrame]:
+    """The segment's title and its deliverable members (feature rows; hold-out groups excluded)."""
     from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
     from tasks.segments.evaluate import MEMBERSHIP_TABLE, load_segments
 
@@ -269,19 +270,74 @@ def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
     keys = members["customer_key"]
     feats = lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, window.run_date)
     audience = feats[feats["customer_key"].isin(keys)].sort_values("customer_key").reset_index(drop=True)
-    out = []
-    for name, dest_cfg in cfg.destinations.destinations.items():
-        if dest_cfg.segments != "all" and segment not in dest_cfg.segments:
-            continue
-        dest = build_destination(name, dest_cfg, cfg.directory / "destinations.yaml")
-        d = dest.deliver(segment, title, audience, window)
-        log.info("delivered segment %s to %s: %d members", segment, name, d.members)
-        out.append({"destination": d.destination, "segment": d.segment, "members": d.members, "location": d.location})
-    return out
+    return title, audience
+
+
+def sync_targets(segments: list[str]) -> list[dict[str, str]]:
+    """Every (segment, destination) pair to deliver this run, from destinations.yaml."""
+    cfg = _config()
+    return [
+        {"segment": segment, "destination": name}
+        for name, dest_cfg in cfg.destinations.destinations.items()
+        if dest_cfg.enabled
+        for segment in segments
+        if dest_cfg.segments == "all" or segment in dest_cfg.segments
+    ]
+
+
+def deliver_to(segment: str, destination: str, run_date: str, dry_run: bool = False) -> dict[str, Any]:
+    """Deliver one segment to one destination: a file write, or a platform sync (plan -> apply)."""
+    from tasks.destinations.audience import AudiencePlatform
+    from tasks.sync.ledger import Ledger
+    from tasks.sync.service import is_platform, sync, upstream_problems
+
+    cfg = _config()
+    dest_cfg = cfg.destinations.destinations[destination]
+    dest = build_destination(destination, dest_cfg, cfg.directory / "destinations.yaml")
+    title, audience = audience_for(segment, run_date)
+    if not is_platform(dest):
+        d = dest.deliver(segment, title, audience, _window(cfg, run_date))
+        log.info("delivered segment %s to %s: %d members", segment, destination, d.members)
+        out: dict[str, Any] = {
+            "destination": d.destination,
+            "segment": d.segment,
+            "members": d.members,
+            "location": d.location,
+        }
+        if d.link:
+            out["link"] = d.link
+        return out
+    platform = cast("AudiencePlatform", dest)
+    upstream = upstream_problems(_lake(cfg), _refs(), date.fromisoformat(run_date))
+    try:
+        plan = sync(Ledger(), destination, dest_cfg, platform, segment, title, run_date, audience, upstream, dry_run)
+    finally:
+        platform.close()
+    return {
+        "destination": destination,
+        "segment": segment,
+        "members": plan["expected_size"],
+        "location": f"{dest_cfg.kind}:{plan['audience_id'] or '-'}",
+        "plan_id": plan["plan_id"],
+        "status": plan["status"],
+        "added": plan["added"],
+        "removed": plan["removed"],
+        "failed": plan["failed"],
+        "suppressed": plan["suppressed"],
+        "hold_reason": plan["hold_reason"],
+    }
+
+
+def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
+    """Deliver one segment to every destination that receives it."""
+    return [deliver_to(t["segment"], t["destination"], run_date) for t in sync_targets([segment])]
 
 
 def summarize(
-    run_date: str, extracts: list[dict[str, Any]], reports: list[dict[str, Any]], deliveries: list[list[dict[str, Any]]]
+    run_date: str,
+    extracts: list[dict[str, Any]],
+    reports: list[dict[str, Any]],
+    deliveries: list[dict[str, Any]] | list[list[dict[str, Any]]],
 ) -> dict[str, Any]:
     cfg = _config()
     lake = _lake(cfg)
@@ -302,11 +358,11 @@ def summarize(
                 "over_alert_share": bool(r["rows"]) and bad / max(r["rows"], 1) > share,
             }
         )
-    summary = {
+    summary: dict[str, Any] = {
         "run_date": window.run_date.isoformat(),
         "as_of": window.as_of.isoformat(),
         "tables": tables,
-        "segments": [d for per_segment in deliveries for d in per_segment],
+        "segments": [d for item in deliveries for d in (item if isinstance(item, list) else [item])],
         "quarantine": lake.store.describe("quarantine/"),
         "quality_report": quality_report_location(run_date),
         "warnings": sorted(
@@ -314,5 +370,46 @@ def summarize(
             | {f"{e['source']}.{e['table']}: {n}" for e in extracts for n in e.get("notes", [])}
         ),
     }
+    summary["delivery_report"] = delivery_report(run_date)
     lake.put_text("runs", RUNS, "summary", window.run_date, "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def delivery_report(run_date: str) -> str | None:
+    """Write the marketers' run-history report (sizes over time, what each sync did); its location."""
+    from tasks.sync.ledger import Ledger
+    from tasks.sync.report import render
+
+    plans = Ledger().plans()
+    if plans.empty:
+        return None
+    plans = plans[plans["run_date"] <= run_date]
+    return _lake(_config()).put_text(
+        "runs", RUNS, "deliveries", date.fromisoformat(run_date), "report.html", render(plans, run_date)
+    )
+
+
+def decide_sync(plan_id: str, approve: bool, by: str) -> dict[str, Any]:
+    """Approve or reject a held sync plan; an approved plan is applied by the next sync of its audience."""
+    from tasks.sync.ledger import Ledger
+    from tasks.sync.service import decide
+
+    return decide(Ledger(), plan_id, approve, by)
+
+
+def import_suppressions(path: str, reason: str, source: str) -> int:
+    """Add the emails/phones of a CSV (columns email and/or phone) to the global suppression list."""
+    from tasks.normalize.contact import normalize_email, normalize_phone
+    from tasks.normalize.hashing import sha256_hex
+    from tasks.sync.ledger import Ledger
+
+    frame = pd.read_csv(path, dtype="string", encoding="utf-8-sig")
+    columns = [c for c in ("email", "phone") if c in frame.columns]
+    if not columns:
+        raise ValueError(f"{path}: needs a column named email or phone (found {', '.join(frame.columns)})")
+    entries: list[tuple[str, str, str]] = []
+    for column in columns:
+        normalize = normalize_email if column == "email" else normalize_phone
+        values = pd.Series([normalize(v) if isinstance(v, str) else None for v in frame[column]], dtype="string")
+        entries += [(h, column, reason) for h in sha256_hex(values.dropna()).tolist()]
+    return Ledger().suppress(entries, source)

@@ -50,10 +50,24 @@ class SourcesConfig(Strict):
     sources: dict[str, SourceConfig]
 
 
+class SyncPolicy(Strict):
+    """How an audience platform sync may change what the platform holds (the ``sync:`` block)."""
+
+    mode: Literal["diff", "replace"] = "diff"  # replace: full replacement (Meta usersreplace) when asked
+    # A plan removing more than this share of the audience is held for approval instead of applied.
+    max_remove_share: float = Field(default=0.2, ge=0, le=1)
+    hold_on_empty: bool = True  # an empty segment never silently empties a live audience
+    dry_run: bool = False  # plan only: write the plan and send nothing
+    # The consent a member must have; default is the platform's (email_marketing, ad_personalization).
+    purpose: Literal["email_marketing", "sms_marketing", "ad_personalization", "none"] | None = None
+
+
 class DestinationConfig(Strict):
     kind: str
     segments: list[str] | Literal["all"] = "all"
     options: dict[str, Any] = Field(default_factory=dict)
+    sync: SyncPolicy = SyncPolicy()
+    enabled: bool = True
 
 
 class DestinationsConfig(Strict):

@@ -29,6 +29,7 @@ class Delivery:
     segment: str
     members: int
     location: str
+    link: str | None = None  # a shareable link (S3 presigned URL) when the destination makes one
 
 
 class Destination(Protocol):
@@ -38,7 +39,22 @@ class Destination(Protocol):
     def deliver(self, segment: str, title: str, audience: pd.DataFrame, window: RunWindow) -> Delivery: ...
 
 
-DESTINATIONS = Registry("destinations", builtins=("tasks.destinations.files",))
+DESTINATIONS = Registry(
+    "destinations",
+    builtins=(
+        "tasks.destinations.files",
+        "tasks.destinations.s3_files",
+        "tasks.destinations.sftp",
+        "tasks.destinations.email",
+        "tasks.destinations.mailchimp",
+        "tasks.destinations.klaviyo",
+        "tasks.destinations.sendgrid",
+        "tasks.destinations.brevo",
+        "tasks.destinations.meta",
+        "tasks.destinations.google",
+        "tasks.destinations.tiktok",
+    ),
+)
 register = DESTINATIONS.register
 
 

@@ -73,7 +73,8 @@ def get_credential(conn_id: str) -> Credential:
     except Exception:  # not inside Airflow, or no such connection: one clear message below
         conn = None
     if conn is not None:
-        return Credential(conn_id, conn.login, conn.password, conn.host, dict(conn.extra_dejson or {}))
+        host = f"{conn.host}:{conn.port}" if conn.host and conn.port else conn.host
+        return Credential(conn_id, conn.login, conn.password, host, dict(conn.extra_dejson or {}))
     raise MissingCredentials(
         f"no Airflow connection {conn_id!r}: create it in the Airflow UI (Admin > Connections) or set the "
         f'environment variable AIRFLOW_CONN_{conn_id.upper()} (JSON: {{"password": "<api key>"}})'

@@ -1,52 +1,34 @@
-"""Audience files for marketers: one CSV per segment in a local outbox folder.
+"""Audience files for marketers: one CSV or XLSX per segment in a local outbox folder.
 
-UTF-8 with a byte-order mark, because Excel on Windows (what most marketers open these in)
-otherwise shows Vietnamese diacritics as mojibake.
+The folder is what a shared drive, a sync client or a mail robot picks files up from, so a reader
+must never see half a file: each file is written under a temporary name in the same folder and
+moved into place (``os.replace`` is atomic on one file system), and a re-run of the same date
+replaces the file whole. How the bytes look (BOM, sheet names, timestamps) is in ``rendering``.
+
+``csv_outbox`` is the original kind and keeps its behaviour (CSV unless ``format: xlsx``); ``files``
+is the same destination under a name that reads right when the format is XLSX.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
-from pydantic import Field, field_validator
 
 from tasks import settings
-from tasks.config.loader import suggest
-from tasks.destinations.base import Delivery, DestinationOptions, register
-from tasks.features import catalog
+from tasks.destinations.base import Delivery, register
+from tasks.destinations.rendering import DEFAULT_COLUMNS, FileOptions, file_name, render
 from tasks.settings import RunWindow
 
-DEFAULT_COLUMNS = [
-    "customer_key",
-    "customer_id",
-    "full_name",
-    "email",
-    "phone",
-    "province",
-    "orders",
-    "monetary_total",
-    "last_purchase_at",
-    "email_opt_in",
-    "sms_opt_in",
-    "ads_opt_in",
-]
+__all__ = ["DEFAULT_COLUMNS", "CsvOutbox", "CsvOutboxOptions", "LocalFiles"]
 
 
-class CsvOutboxOptions(DestinationOptions):
+class CsvOutboxOptions(FileOptions):
     path: str = "outbox"
-    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS), min_length=1)
-
-    @field_validator("columns")
-    @classmethod
-    def _known(cls, columns: list[str]) -> list[str]:
-        for c in columns:
-            known = catalog.known()
-            if c not in known:
-                raise ValueError(f"unknown column {c!r}" + suggest(c, list(known)))
-        return columns
 
 
 @register("csv_outbox")
@@ -59,12 +41,33 @@ class CsvOutbox:
         self.options = options
 
     def path_for(self, segment: str, window: RunWindow) -> Path:
-        return settings.resolve(self.options.path) / window.run_date.isoformat() / f"{segment}.csv"
+        return (
+            settings.resolve(self.options.path) / window.run_date.isoformat() / file_name(segment, self.options.format)
+        )
 
     def deliver(self, segment: str, title: str, audience: pd.DataFrame, window: RunWindow) -> Delivery:
+        data = render(audience, self.options.columns, self.options.format, title=title)
         path = self.path_for(segment, window)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        audience[self.options.columns].to_csv(tmp, index=False, encoding="utf-8-sig")
-        os.replace(tmp, path)  # a re-run replaces the file whole; readers never see half of it
+        write_atomic(path, data)
         return Delivery(self.name, segment, len(audience), str(path))
+
+
+@register("files")
+class LocalFiles(CsvOutbox):
+    """``kind: files`` -- the same outbox, for configs that deliver XLSX."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # unique: two writers never share one
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -26,8 +26,11 @@ from tasks.destinations.audience import DestinationAuthError, DestinationUnavail
 log = logging.getLogger(__name__)
 
 Throttle = Callable[[httpx.Response], float | None]
+# A throttle function returns this when the platform said "slow down" without saying for how long:
+# the client then backs off exponentially instead of retrying at once.
+BACKOFF = -1.0
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+(?:@|%40)[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"\+?\d[\d\s().\-]{7,}\d")
 
 
@@ -43,7 +46,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(response.headers.get("Retry-After", "")))
     except ValueError:
-        return 0.0
+        return BACKOFF
 
 
 @dataclass(frozen=True)
@@ -86,26 +89,27 @@ class HttpClient:
         Raises DestinationAuthError on 401/403 and DestinationUnavailable when retries run out.
         """
         last = "no attempt made"
+        where = f"{method} {redact(path)}"  # paths can carry an address (Brevo /contacts/{email})
         for attempt in range(1, self.policy.max_attempts + 1):
             try:
                 response = self._client.request(method, path, **kwargs)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__} on {method} {path}"
+                last = f"{type(exc).__name__} on {where}"
                 self._backoff(attempt, None, last)
                 continue
             wait = self.throttle(response)
             if wait is not None:
-                last = f"throttled (HTTP {response.status_code}) on {method} {path}"
+                last = f"throttled (HTTP {response.status_code}) on {where}"
                 self._backoff(attempt, wait, last)
                 continue
             if response.status_code >= 500:
-                last = f"HTTP {response.status_code} on {method} {path}"
+                last = f"HTTP {response.status_code} on {where}"
                 self._backoff(attempt, None, last)
                 continue
             if response.status_code in (401, 403):
                 raise DestinationAuthError(
                     f"{self.destination}: the platform refused the credentials (HTTP {response.status_code} on "
-                    f"{method} {path}): {redact(response.text)}. Update the connection or environment variable "
+                    f"{where}): {redact(response.text)}. Update the connection or environment variable "
                     "named in destinations.yaml and re-run; nothing was sent."
                 )
             return response
@@ -119,7 +123,10 @@ class HttpClient:
             return
         self.retries += 1
         exp = min(self.policy.max_delay, self.policy.base_delay * 2 ** (attempt - 1))
-        delay = min(self.policy.max_delay, platform_wait if platform_wait is not None else random.uniform(0, exp))
+        if platform_wait is None or platform_wait < 0:  # no wait given: exponential backoff with full jitter
+            delay = random.uniform(exp / 2, exp) if platform_wait is not None else random.uniform(0, exp)
+        else:
+            delay = min(self.policy.max_delay, platform_wait)
         log.warning("%s: %s; retry %d in %.2f s", self.destination, reason, attempt, delay)
         self.sleep(delay)
 
@@ -129,10 +136,10 @@ class RetryOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(6, ge=1, le=20)
-    base_delay: float = Field(0.5, ge=0)
-    max_delay: float = Field(60.0, ge=0)
-    timeout: float = Field(30.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    base_delay: float = Field(default=0.5, ge=0)
+    max_delay: float = Field(default=60.0, ge=0)
+    timeout: float = Field(default=30.0, gt=0)
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.base_delay, self.max_delay, self.timeout)
