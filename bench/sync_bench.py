@@ -73,7 +73,7 @@ def main() -> int:
     # A realistic global suppression list (1% of the audience) so the hash check really runs.
     import hashlib
 
-    suppressed = {hashlib.sha256(f"user{k}@example.com".encode()).hexdigest() for k in keys[: n // 100]}
+    suppressed = {hashlib.sha256(f"user{k}@example.com".lower().encode()).hexdigest() for k in keys[: n // 100]}
     caps = Capabilities(purpose="email_marketing", max_batch=500)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -32,6 +32,15 @@ from tasks.sync.ledger import Consent, Ledger
 
 log = logging.getLogger(__name__)
 
+
+def _retries(platform: AudiencePlatform) -> int:
+    """Retries the client's HTTP layer made (clients expose ``retries`` or their ``http`` client)."""
+    value = getattr(platform, "retries", None)
+    if value is None:
+        value = getattr(getattr(platform, "http", None), "retries", 0)
+    return int(value or 0)
+
+
 OPERATIONS = ("add", "replace", "remove")
 
 
@@ -47,7 +56,11 @@ def _merge(a: BatchResult, b: BatchResult) -> BatchResult:
 def send_isolating(
     call: Callable[[pd.DataFrame, BatchRef], BatchResult], frame: pd.DataFrame, ref: BatchRef
 ) -> BatchResult:
-    """Send a batch; when the platform rejects it whole, split until the bad rows stand alone."""
+    """Send a batch; when the platform rejects it whole, split until the bad rows stand alone.
+
+    Each half is sent as its own one-batch session (a fresh ``BatchRef``): reusing the original
+    position would let the half marked "last" close a Meta session the other half still needs.
+    """
     try:
         return call(frame, ref)
     except BatchRejected as exc:
@@ -58,7 +71,12 @@ def send_isolating(
         log.info(
             "batch %d of %s rejected; splitting %d rows to isolate the bad ones", ref.seq, ref.operation, len(frame)
         )
-        return _merge(send_isolating(call, frame.iloc[:mid], ref), send_isolating(call, frame.iloc[mid:], ref))
+        halves = [frame.iloc[:mid], frame.iloc[mid:]]
+        results = [
+            send_isolating(call, half, BatchRef(f"{ref.plan_id}/{ref.seq}.{i}", ref.operation, 1, 1, len(half)))
+            for i, half in enumerate(halves)
+        ]
+        return _merge(results[0], results[1])
 
 
 def _suppression_entries(frame: pd.DataFrame, keys: dict[str, str], source: str) -> list[tuple[str, str, str]]:
@@ -154,7 +172,7 @@ def apply_plan(
             plan_id,
             status="failed",
             error=redact(str(exc), 1000),
-            retries=int(getattr(platform, "retries", 0)),
+            retries=_retries(platform),
             finished_at=datetime.now(UTC),
             **ledger.batch_totals(plan_id),
         )
@@ -162,7 +180,7 @@ def apply_plan(
     ledger.update_plan(
         plan_id,
         status="applied",
-        retries=int(getattr(platform, "retries", 0)),
+        retries=_retries(platform),
         finished_at=datetime.now(UTC),
         **ledger.batch_totals(plan_id),
     )

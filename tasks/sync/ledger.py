@@ -153,15 +153,19 @@ class Ledger:
 
     # --- what a destination holds --------------------------------------------------------------
     def holdings(self, destination: str, segment: str) -> pd.DataFrame:
-        """Columns customer_key, state, remote_ref for one (destination, segment)."""
-        query = sa.select(ledger.c.customer_key, ledger.c.state, ledger.c.remote_ref).where(
-            ledger.c.destination == destination, ledger.c.segment == segment
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return pd.DataFrame(rows, columns=["customer_key", "state", "remote_ref"]).astype(
-            {"customer_key": "str", "state": "str"}
-        )
+        """Columns customer_key and state for one (destination, segment); remote refs are read per batch."""
+        # The raw DBAPI cursor: SQLAlchemy's row objects cost ~15 s per million rows, the cursor ~1 s.
+        sql = "SELECT customer_key, state FROM audience_ledger WHERE destination = {p} AND segment = {p}"
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            marker = "%s" if self.engine.dialect.paramstyle in ("format", "pyformat") else "?"
+            cursor.execute(sql.format(p=marker), (destination, segment))
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()
+        return pd.DataFrame(rows, columns=["customer_key", "state"]).astype({"customer_key": "str", "state": "str"})
 
     def refs(self, destination: str, segment: str, keys: Sequence[str]) -> pd.DataFrame:
         out: list[Any] = []

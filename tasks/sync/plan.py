@@ -88,6 +88,11 @@ class Plan:
         return out
 
 
+def isin(values: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Hash-based membership (np.isin on object arrays sorts Python strings: minutes at 1M)."""
+    return pd.Series(values, dtype=object).isin(pd.Series(other, dtype=object)).to_numpy(dtype=bool)
+
+
 def suppression_mask(members: pd.DataFrame, suppressed: set[str]) -> np.ndarray:
     """Members whose normalized email or phone hash is on the global suppression list."""
     mask = np.zeros(len(members), dtype=bool)
@@ -130,7 +135,7 @@ def make_plan(
     held = holdings[holdings["state"] == "member"]["customer_key"].to_numpy(dtype=object)
     platform_suppressed = holdings[holdings["state"] == "suppressed"]["customer_key"].to_numpy(dtype=object)
     keys = members["customer_key"].astype(str).to_numpy(dtype=object)
-    blocked = suppression_mask(members, suppressed) | np.isin(keys, platform_suppressed)
+    blocked = suppression_mask(members, suppressed) | isin(keys, platform_suppressed)
     excluded_suppressed = int((keep & blocked).sum())
     keep &= ~blocked
 
@@ -141,13 +146,13 @@ def make_plan(
     excluded_unreachable = int((keep & ~reachable).sum())
     keep &= reachable
 
-    desired = np.unique(keys[keep])
-    in_ledger = np.isin(desired, held)
+    desired = np.sort(pd.unique(keys[keep]).astype(str)).astype(object)
+    in_ledger = isin(desired, held)
     adds = desired[~in_ledger].tolist()
     unchanged = int(in_ledger.sum())
-    removes = held[~np.isin(held, desired)].tolist()
+    removes = held[~isin(held, desired)].tolist()
     failed_rows = holdings[holdings["state"] == "failed"]["customer_key"].to_numpy(dtype=object)
-    stale_failed = failed_rows[~np.isin(failed_rows, desired)].tolist()
+    stale_failed = failed_rows[~isin(failed_rows, desired)].tolist()
 
     mode = policy.mode
     current = len(held)
