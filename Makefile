@@ -35,6 +35,8 @@ lint: install-dev
 bench: install-dev
 	$(VENV)/bin/python -m bench.run
 	$(VENV)/bin/python -m bench.segments_bench --size S
+	$(VENV)/bin/python -m bench.sync_bench
+	$(VENV)/bin/python -m bench.hashing_bench
 
 # Segment engine (issue 4): features vs pandas and a hand-written DuckDB floor, segments, membership diff.
 # Data is generated once per size under var/bench/data/<size>/ (M is about 1.3 GB, L about 7 GB).
