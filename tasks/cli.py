@@ -72,7 +72,10 @@ def cmd_run(run_date: date) -> int:
     from tasks.runner import run_dag
 
     started = time.monotonic()
-    print(f"Running DAG customer_segments for {run_date} (home: {settings.home()}) ...", flush=True)
+    print(
+        f"Running the ingest_<source> DAGs, then customer_segments, for {run_date} (home: {settings.home()}) ...",
+        flush=True,
+    )
     outcome = run_dag(run_date)
     elapsed = time.monotonic() - started
     if outcome.state != "success":

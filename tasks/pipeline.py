@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 import duckdb
@@ -47,19 +47,25 @@ def _window(cfg: AppConfig, run_date: str) -> RunWindow:
     return RunWindow(date.fromisoformat(run_date), cfg.pipeline.tz)
 
 
-def run_date_for(interval_end: datetime, schedule_timezone: str) -> str:
-    """Business date a DAG run answers for, from its data interval end."""
+def run_date_for(interval_end: datetime, schedule_timezone: str, scheduled: bool = False) -> str:
+    """Business date a DAG run answers for, from its data interval end.
+
+    A scheduled run always answers for the business day before its trigger time (a source that
+    lands at 00:30 still closes yesterday); a manual run answers for the day it was asked about.
+    """
     cfg = _config()
     if schedule_timezone != cfg.pipeline.business_timezone:
         raise ValueError(
             f"{cfg.directory / 'pipeline.yaml'}: business_timezone is {cfg.pipeline.business_timezone!r} but the DAG "
             f"is scheduled in {schedule_timezone!r}; set AUDIENCES_TIMEZONE to the same zone for the scheduler"
         )
+    if scheduled:
+        return (interval_end.astimezone(cfg.pipeline.tz).date() - timedelta(days=1)).isoformat()
     return RunWindow.from_interval_end(interval_end, cfg.pipeline.tz).run_date.isoformat()
 
 
-def source_tables() -> list[dict[str, str]]:
-    """Every (source, canonical table) pair to extract, from sources.yaml."""
+def source_tables(only: str | None = None) -> list[dict[str, str]]:
+    """Every (source, canonical table) pair to extract, from sources.yaml (``only``: one source's)."""
     cfg = _config()
     pairs: list[dict[str, str]] = []
     seen: dict[str, str] = {}
@@ -82,6 +88,10 @@ def source_tables() -> list[dict[str, str]]:
     missing = sorted(t for t, spec in TABLES.items() if t not in seen and not spec.optional)
     if missing:
         raise ValueError(f"{cfg.directory / 'sources.yaml'}: no source provides table(s) {', '.join(missing)}")
+    if only is not None:
+        if only not in cfg.sources.sources:
+            raise ValueError(f"{cfg.directory / 'sources.yaml'}: no source named {only!r}")
+        return [p for p in pairs if p["source"] == only]
     return pairs
 
 
@@ -181,16 +191,26 @@ def quality_report_location(run_date: str) -> str:
     return lake.store.describe(lake.prefix("runs", RUNS, "quality", date.fromisoformat(run_date)) + "report.html")
 
 
-def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write the run's data-quality report, then stop the run if any critical expectation failed."""
+def gate(
+    reports: list[dict[str, Any]], extracts: list[dict[str, Any]] | None = None, source: str | None = None
+) -> dict[str, Any]:
+    """Write the data-quality report, then stop the run if any critical expectation failed.
+
+    With ``source`` (one ingestion DAG per source), the report and the source's extract/validate
+    results are written per source, so the segments run can summarize every source of its date.
+    """
     from tasks.validate import report as html_report
 
     reports = sorted(reports, key=lambda r: (r["source"], r["table"]))
     location = None
+    lake = _lake(_config())
     if reports:
         day = date.fromisoformat(reports[0]["run_date"])
         html = html_report.render(day.isoformat(), reports)
-        location = _lake(_config()).put_text("runs", RUNS, "quality", day, "report.html", html)
+        location = lake.put_text("runs", RUNS, "quality", day, f"{source}.html" if source else "report.html", html)
+        if source is not None:
+            doc = {"source": source, "report": location, "extracts": extracts or [], "reports": reports}
+            lake.put_text("runs", RUNS, "ingest", day, f"{source}.json", json.dumps(doc, default=str))
     failures = [
         f"{r['source']}.{r['table']}: {f['name']} ({f['error'] or str(f['failed_rows']) + ' failing rows'})"
         for r in reports
@@ -203,7 +223,49 @@ def gate(reports: list[dict[str, Any]]) -> dict[str, Any]:
             + f"\nSee the data-quality report {location} and the quarantine zone; "
             "fix the source, then re-run the date."
         )
-    return {"tables": len(reports), "warnings": sum(len(r["warnings"]) for r in reports), "report": location}
+    warnings = [f"{r['source']}.{r['table']}: {w['name']}" for r in reports for w in r["warnings"]]
+    if warnings:
+        from tasks.alerts import send_alert
+
+        send_alert(
+            "data_quality_warning",
+            f"{len(warnings)} data-quality warning(s) on {reports[0]['run_date']}",
+            {"run date": reports[0]["run_date"], "warnings": "; ".join(sorted(set(warnings))[:10])},
+            location,
+        )
+    return {"tables": len(reports), "warnings": len(warnings), "report": location}
+
+
+def ingest_results(run_date: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Extract results, validation reports and report locations every source wrote for the date."""
+    lake = _lake(_config())
+    extracts: list[dict[str, Any]] = []
+    reports: list[dict[str, Any]] = []
+    locations: list[str] = []
+    for pair in {p["source"] for p in source_tables()}:
+        try:
+            doc = json.loads(lake.get_text("runs", RUNS, "ingest", date.fromisoformat(run_date), f"{pair}.json"))
+        except (FileNotFoundError, KeyError):
+            continue
+        extracts += doc["extracts"]
+        reports += doc["reports"]
+        locations.append(doc["report"])
+    return extracts, reports, sorted(locations)
+
+
+def segment_run_date(requested: str | None, published: list[str]) -> str:
+    """The business date a segments run answers for: a manual run's conf, else the sources' Assets."""
+    if requested:
+        return date.fromisoformat(str(requested)).isoformat()
+    if published:
+        dates = sorted(set(published))
+        if len(dates) > 1:
+            log.warning("sources published different dates %s; segmenting the latest", ", ".join(dates))
+        return dates[-1]
+    raise ValueError(
+        "no business date: trigger customer_segments from its sources' Assets, or manually with "
+        'conf {"run_date": "YYYY-MM-DD"}'
+    )
 
 
 def build_unified(run_date: str) -> dict[str, int]:
@@ -225,7 +287,25 @@ def segments(run_date: str) -> list[str]:
     refs = _refs()
     stores = current_frame(lake, refs["stores"].source, "stores", window.run_date)
     counts = evaluate(lake, window, load_segments(cfg.directory), stores=stores, backend=cfg.pipeline.engine)
+    _alert_on_sizes(lake, window.run_date)
     return list(counts)
+
+
+def _alert_on_sizes(lake: Lake, day: date) -> None:
+    """audience_size_moved for every segment whose size moved more than the configured share."""
+    from tasks.alerts import alert_if_size_moved, load_config
+    from tasks.segments.history import size_history
+
+    history = size_history(lake, day)
+    earlier = sorted(d for d in set(history["run_date"]) if d < day.isoformat())
+    if not earlier:
+        return
+    config = load_config()
+    before = history[history["run_date"] == earlier[-1]].set_index("segment")["members"]
+    now = history[history["run_date"] == day.isoformat()]
+    for segment, members in zip(now["segment"], now["members"], strict=True):
+        if segment in before.index:
+            alert_if_size_moved(str(segment), int(before[segment]), int(members), day.isoformat(), config=config)
 
 
 def preview_segment(segment: str, run_date: str | None) -> Any:
@@ -313,6 +393,7 @@ def deliver_to(segment: str, destination: str, run_date: str, dry_run: bool = Fa
         plan = sync(Ledger(), destination, dest_cfg, platform, segment, title, run_date, audience, upstream, dry_run)
     finally:
         platform.close()
+    _alert_on_sync(plan, run_date)
     return {
         "destination": destination,
         "segment": segment,
@@ -326,6 +407,28 @@ def deliver_to(segment: str, destination: str, run_date: str, dry_run: bool = Fa
         "suppressed": plan["suppressed"],
         "hold_reason": plan["hold_reason"],
     }
+
+
+def _alert_on_sync(plan: dict[str, Any], run_date: str) -> None:
+    from tasks.alerts import alert_if_size_moved, send_alert
+
+    label = f"{plan['segment']} -> {plan['destination']}"
+    if plan["status"] == "held":
+        send_alert(
+            "sync_held",
+            f"{label} is held for approval",
+            {
+                "plan": plan["plan_id"],
+                "run date": run_date,
+                "adds": plan["adds"],
+                "removes": plan["removes"],
+                "audience now": plan["current_size"],
+                "reason": plan["hold_reason"] or "",
+                "approve": f"audiences approve {plan['plan_id']} (or the approve_held_syncs task in Airflow)",
+            },
+        )
+    elif plan["status"] == "applied" and plan["current_size"]:
+        alert_if_size_moved(label, int(plan["current_size"]), int(plan["expected_size"]), run_date)
 
 
 def deliver(segment: str, run_date: str) -> list[dict[str, Any]]:
@@ -373,6 +476,28 @@ def summarize(
     summary["delivery_report"] = delivery_report(run_date)
     lake.put_text("runs", RUNS, "summary", window.run_date, "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def summarize_run(run_date: str, deliveries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The segments run's summary, with every source's extract and validation results of the date."""
+    extracts, reports, locations = ingest_results(run_date)
+    summary = summarize(run_date, extracts, reports, [d for d in deliveries if d])
+    if locations:
+        summary["quality_report"] = ", ".join(locations)
+        lake = _lake(_config())
+        lake.put_text(
+            "runs", RUNS, "summary", date.fromisoformat(run_date), "summary.json", json.dumps(summary, indent=2)
+        )
+    return summary
+
+
+def apply_held(held: list[dict[str, Any]], run_date: str, by: str) -> list[dict[str, Any]]:
+    """Approve the held plans a human approved in Airflow and apply them now."""
+    out = []
+    for item in held:
+        decide_sync(item["plan_id"], approve=True, by=by)
+        out.append(deliver_to(item["segment"], item["destination"], run_date))
+    return out
 
 
 def delivery_report(run_date: str) -> str | None:

@@ -10,14 +10,16 @@ import sys
 import time
 from typing import Any
 
-_started: dict[tuple[str, int], float] = {}
+_started: dict[tuple[str, int], float] = {}  # (dag.task, map index) -> start
 
 
 def _label(context: Any) -> tuple[str, tuple[str, int]]:
     ti = context["ti"]
     index = getattr(ti, "map_index", -1)
     shown = getattr(ti, "rendered_map_index", None) or (str(index) if index >= 0 else "")
-    return (f"{ti.task_id}[{shown}]" if shown else ti.task_id), (ti.task_id, index)
+    dag_id = str(getattr(ti, "dag_id", ""))
+    task = f"{dag_id}.{ti.task_id}" if dag_id.startswith("ingest_") else ti.task_id
+    return (f"{task}[{shown}]" if shown else task), (f"{dag_id}.{ti.task_id}", index)
 
 
 def _say(text: str) -> None:

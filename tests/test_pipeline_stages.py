@@ -114,3 +114,25 @@ def test_clusters_become_segments_with_readable_names(sample_home: Path, run_sta
     assert named["segment"].nunique() >= 2 and named["reasons"].str.len().gt(0).all()
     sizes = pd.read_parquet(sample_home / "lake" / "segments" / "source=audiences" / "table=sizes")
     assert set(named["segment"]) <= set(sizes["segment"])
+
+
+def test_scheduled_runs_answer_for_the_day_before_their_trigger_time(home: Path) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    at_midnight = datetime(2026, 11, 25, 0, 0, tzinfo=tz)
+    half_past = datetime(2026, 11, 25, 0, 30, tzinfo=tz)  # a source that lands later (web, 00:30)
+    assert pipeline.run_date_for(at_midnight, "Asia/Ho_Chi_Minh", scheduled=True) == "2026-11-24"
+    assert pipeline.run_date_for(half_past, "Asia/Ho_Chi_Minh", scheduled=True) == "2026-11-24"
+    assert pipeline.run_date_for(at_midnight, "Asia/Ho_Chi_Minh") == "2026-11-24"
+    assert pipeline.run_date_for(half_past, "Asia/Ho_Chi_Minh") == "2026-11-25", "a manual run answers for today"
+    with pytest.raises(ValueError, match="AUDIENCES_TIMEZONE"):
+        pipeline.run_date_for(at_midnight, "UTC")
+
+
+def test_segments_run_date_comes_from_conf_or_the_sources_assets() -> None:
+    assert pipeline.segment_run_date("2026-11-20", ["2026-11-24"]) == "2026-11-20"
+    assert pipeline.segment_run_date(None, ["2026-11-23", "2026-11-24", "2026-11-24"]) == "2026-11-24"
+    with pytest.raises(ValueError, match="run_date"):
+        pipeline.segment_run_date(None, [])

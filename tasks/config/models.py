@@ -44,6 +44,8 @@ class SourceConfig(Strict):
     kind: str
     options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+    # When its ingestion DAG runs (cron, business time zone); the segments DAG waits for every source.
+    schedule: str = Field(default="0 0 * * *", pattern=r"^\S+( \S+){4}$")
 
 
 class SourcesConfig(Strict):
