@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     sync.add_argument("segment")
     sync.add_argument("destination")
     sync.add_argument("--dry-run", action="store_true", help="write the plan only; send nothing")
+    sub.add_parser("pools", help="the Airflow pools platform syncs run in, as JSON for `airflow pools import`")
     supp = sub.add_parser("suppress", help="add a CSV of emails/phones to the global suppression list")
     supp.add_argument("file", type=Path)
     supp.add_argument("--reason", default="unsubscribed")
@@ -236,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_decide(args.plan_id, args.command == "approve", args.by)
         if args.command == "sync":
             return cmd_sync(args.segment, args.destination, day, args.dry_run)
+        if args.command == "pools":
+            from tasks import topology
+
+            print(json.dumps(topology.pools(), indent=2))
+            return 0
         if args.command == "suppress":
             from tasks.pipeline import import_suppressions
 

@@ -5,7 +5,10 @@ and the CLI lists, approves and dry-runs syncs."""
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +87,32 @@ def test_segment_synced_to_platform_with_consent_and_history(
     assert result["plan_id"] in out and "applied" in out
 
 
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[queue.Queue[dict[str, Any]]]:
+    """A Slack-compatible webhook on loopback collecting the alerts the pipeline sends."""
+    received: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AUDIENCES_ALERTS_WEBHOOK_URL", f"http://127.0.0.1:{server.server_address[1]}/hook")
+    yield received
+    server.shutdown()
+
+
 def test_dry_run_plans_without_sending_and_a_held_sync_is_approved_from_the_cli(
     sample_home: Path,
     run_stages: Callable[..., dict[str, Any]],
     mailchimp: MailchimpServer,
+    webhook: queue.Queue[dict[str, Any]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     add_destination(sample_home, mailchimp, max_remove_share=0.0)
@@ -112,6 +137,12 @@ def test_dry_run_plans_without_sending_and_a_held_sync_is_approved_from_the_cli(
     assert held["status"] == "held" and "would be removed" in held["hold_reason"]
     assert mailchimp.tagged(SEGMENT) == before
 
+    alerts = [webhook.get(timeout=5)["text"] for _ in range(webhook.qsize())]
+    [alert] = [a for a in alerts if "held for approval" in a]
+    assert held["plan_id"] in alert and "would be removed" in alert
+    _, members = pipeline.audience_for(SEGMENT, RUN)
+    assert not [e for e in members["email"].dropna() if e in "".join(alerts)], "alerts carry no addresses"
+
     assert cli.main(["approve", held["plan_id"], "--by", "lead"]) == 0
     assert "approved" in capsys.readouterr().out
     applied = pipeline.deliver_to(SEGMENT, "newsletter", RUN)
@@ -120,6 +151,30 @@ def test_dry_run_plans_without_sending_and_a_held_sync_is_approved_from_the_cli(
     consented = audience[audience["email_opt_in"].astype("boolean").fillna(False) & audience["email"].notna()]
     assert mailchimp.tagged(SEGMENT) == set(consented["email"]) and applied["removed"] > 0
     assert cli.main(["reject", held["plan_id"]]) == 2, "a decided plan cannot be decided again"
+
+
+def test_held_syncs_approved_in_airflow_are_applied_by_the_approval_task(
+    sample_home: Path, run_stages: Callable[..., dict[str, Any]], mailchimp: MailchimpServer
+) -> None:
+    add_destination(sample_home, mailchimp)
+    run_stages(RUN)
+    assert pipeline.deliver_to(SEGMENT, "newsletter", RUN)["status"] == "applied"
+    # An empty segment never empties a live audience: the plan is held.
+    config = sample_home / "config" / "segments.yaml"
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    for seg in doc["segments"]:
+        if seg["name"] == SEGMENT:
+            seg["rule"]["value"] = 10_000
+    config.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    pipeline.segments(RUN)
+    plan = pipeline.deliver_to(SEGMENT, "newsletter", RUN)
+    assert plan["status"] == "held" and "segment is empty" in plan["hold_reason"]
+    [result] = pipeline.apply_held([plan], RUN, by="airflow:lead")
+    assert result["status"] == "applied" and result["plan_id"] == plan["plan_id"]
+    assert mailchimp.tagged(SEGMENT) == set()
+    from tasks.sync.ledger import Ledger
+
+    assert Ledger().plan(plan["plan_id"])["decided_by"] == "airflow:lead"  # type: ignore[index]
 
 
 def test_suppression_file_keeps_addresses_out_of_every_sync(
