@@ -40,6 +40,8 @@ print(json.dumps({
             "pools": {t.task_id: t.pool for t in d.tasks},
             "docs": {t.task_id: bool(t.doc_md or getattr(t, "doc", None)) for t in d.tasks},
             "doc_md": bool(d.doc_md),
+            "catchup": d.catchup,
+            "retries": {t.task_id: t.retries for t in d.tasks},
         }
         for d in bag.dags.values()
     },
@@ -78,6 +80,8 @@ def test_dags_import_without_errors_heavy_imports_or_data_io(tmp_path: Path) -> 
     for task in ("unify", "build_features", "evaluate_segments", "deliver__marketing_outbox", "approve_held_syncs"):
         assert task in segments["tasks"]
     assert segments["doc_md"] and segments["docs"]["unify"], "DAG and task docs show in the Airflow UI"
+    assert not any(d["catchup"] for d in result["dags"].values()), "backfills are explicit, never catch-up storms"
+    assert result["dags"]["ingest_pos"]["retries"]["quality_gate"] == 0, "a failed gate is data, not a glitch"
     assert result["heavy"] == [], f"DAG parsing imported heavy libraries: {result['heavy']}"
     assert result["seconds"] < 10
     project = str(settings.PROJECT_ROOT)
