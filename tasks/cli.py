@@ -58,7 +58,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         if "status" in s:
             sync = f"  {s['status']} (+{s['added']:,} -{s['removed']:,}, plan {s['plan_id']})"
             if s.get("hold_reason"):
-                sync += f": {s['hold_reason']}; approve with `audiences approve {s['plan_id']}`"
+                sync += f": {s['hold_reason']}"
+            if s["status"] == "held":
+                sync += f"; approve with `audiences approve {s['plan_id']}`"
         print(f"  {s['segment']:<38}{s['members']:>9,}  {s['location']}{sync}")
     for warning in summary.get("warnings", []):
         print(f"  warning: {warning}")
@@ -100,6 +102,16 @@ def cmd_run(run_date: date) -> int:
     print_summary(json.loads(lake.get_text("runs", RUNS, "summary", run_date, "summary.json")))
     print(f"\nDone in {elapsed:.0f}s.")
     return 0
+
+
+def cmd_sandbox_run(run_date: date) -> int:
+    """The demo run with every shipped platform destination synced to its local contract server."""
+    from tasks.sandbox.demo import sandbox
+
+    with sandbox(settings.config_dir(), settings.home()) as config:
+        os.environ["AUDIENCES_CONFIG"] = str(config)
+        print(f"Email and ad platforms: local contract servers on 127.0.0.1 (config copy: {config})")
+        return cmd_run(run_date)
 
 
 def cmd_backfill(start: date, end: date) -> int:
@@ -216,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     supp = sub.add_parser("suppress", help="add a CSV of emails/phones to the global suppression list")
     supp.add_argument("file", type=Path)
     supp.add_argument("--reason", default="unsubscribed")
+    demo.add_argument(
+        "--no-sandbox", action="store_true", help="skip the platform syncs to local contract servers (files only)"
+    )
     for p in (gen, demo):
         p.add_argument("--scale", type=float, default=1.0, help="1.0 = about 2,000 customers")
         p.add_argument("--seed", type=int, default=42)
@@ -253,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             cmd_generate(day, args.scale, args.seed, settings.home() / "sample")
+            if not args.no_sandbox:
+                return cmd_sandbox_run(day)
         return cmd_run(day)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
