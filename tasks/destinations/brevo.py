@@ -22,9 +22,6 @@ Contract facts that shaped this client (destinations.md, "Brevo"):
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
@@ -43,9 +40,9 @@ from tasks.destinations.audience import (
     DestinationError,
     DestinationUnavailable,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import PlatformClient, PollingOptions, error_detail, header_wait, text, unique_emails
 from tasks.normalize.hashing import e164_phone
 
 log = logging.getLogger(__name__)
@@ -55,15 +52,12 @@ LIST_PAGE = 50
 DEFAULT_ATTRIBUTES = {"first_name": "FIRSTNAME", "last_name": "LASTNAME", "phone": "SMS"}
 
 
-class BrevoOptions(DestinationOptions):
+class BrevoOptions(PollingOptions):
     connection: str = "brevo_default"  # Airflow connection: password = API key (xkeysib-...)
     list_id: int | None = None  # one fixed list for every segment
     folder_id: int | None = None  # else a list per segment, created in this folder when missing
     base_url: str | None = None  # default https://api.brevo.com/v3
     attributes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ATTRIBUTES))  # column -> attribute
-    poll_interval: float = Field(2.0, gt=0)  # seconds between import-process polls
-    poll_timeout: float = Field(900.0, gt=0)  # give up on an import after this long (DestinationUnavailable)
-    retry: RetryOptions = RetryOptions.model_validate({})
 
     @field_validator("attributes")
     @classmethod
@@ -80,25 +74,6 @@ class BrevoOptions(DestinationOptions):
         return self
 
 
-class SibRateLimitReset:
-    """429 + ``x-sib-ratelimit-reset`` seconds; without a usable header, exponential over consecutive 429s."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        if response.status_code != 429:
-            self.streak = 0
-            return None
-        self.streak += 1
-        try:
-            return max(0.0, float(response.headers["x-sib-ratelimit-reset"]))
-        except (KeyError, ValueError):
-            ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
-            return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
 class _RedactingHttpClient(HttpClient):
     """HttpClient whose retry log lines are redacted: a contact lookup has the address in its path."""
 
@@ -113,71 +88,35 @@ class _Contact:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
-def _text(value: Any) -> str | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    text = str(value).strip()
-    return text or None
-
-
 def _errors(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text)
-    if isinstance(body, dict) and ("code" in body or "message" in body):
-        return redact(f"{body.get('code', '')}: {body.get('message', '')}")
-    return redact(str(body))
+    def describe(body: Any) -> str:
+        if isinstance(body, dict) and ("code" in body or "message" in body):
+            return f"{body.get('code', '')}: {body.get('message', '')}"
+        return str(body)
+
+    return error_detail(response, describe)
 
 
 @register("brevo")
-class Brevo:
-    kind: ClassVar[str]
+class Brevo(PlatformClient):
     capabilities: ClassVar[Capabilities] = Capabilities(purpose="email_marketing", max_batch=LIST_CALL)
     Options = BrevoOptions
 
-    def __init__(self, name: str, options: BrevoOptions) -> None:
-        self.name = name
-        self.options = options
-        self.sleep: Callable[[float], None] = time.sleep  # tests swap in a recorder
-        self._http: HttpClient | None = None
+    secret = "Brevo API key"
+    options: BrevoOptions
 
     # --- plumbing ------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return f"brevo destination {self.name!r} (connection {self.options.connection!r})"
-
-    @property
-    def retries(self) -> int:
-        return self._http.retries if self._http is not None else 0
-
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            try:
-                key = get_credential(self.options.connection).require_password("Brevo API key")
-            except MissingCredentials as exc:
-                raise DestinationAuthError(f"{self.label}: {exc}") from None
-            except ValueError:
-                raise DestinationAuthError(f"{self.label}: the connection could not be parsed (JSON or URI)") from None
-            policy = self.options.retry.policy()
-            self._http = _RedactingHttpClient(
-                self.label,
-                self.options.base_url or "https://api.brevo.com/v3",
-                headers={"api-key": key, "Accept": "application/json"},
-                throttle=SibRateLimitReset(policy),
-                policy=policy,
-                sleep=lambda seconds: self.sleep(seconds),
-            )
-        return self._http
+    def _connect(self, key: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url or "https://api.brevo.com/v3",
+            headers={"api-key": key, "Accept": "application/json"},
+            throttle=header_wait("x-sib-ratelimit-reset"),
+            client=_RedactingHttpClient,
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self._client().request(method, path, **kwargs)
+            return self.http.request(method, path, **kwargs)
         except (DestinationAuthError, DestinationUnavailable) as exc:
             raise type(exc)(redact(str(exc), limit=2000)) from None
 
@@ -260,7 +199,7 @@ class Brevo:
         list_id = self._list_id(audience_id)
         by_email: dict[str, list[str]] = {}
         for record in refs.to_dict("records"):
-            customer, ref = str(record["customer_key"]), _text(record.get("remote_ref"))
+            customer, ref = str(record["customer_key"]), text(record.get("remote_ref"))
             if ref is None:
                 result.failed[customer] = "no remote_ref (email) to remove"
             else:
@@ -276,11 +215,6 @@ class Brevo:
     def replace(self, audience_id: str, members: pd.DataFrame, batch: BatchRef) -> BatchResult:
         raise NotImplementedError("brevo has no replace; the sync engine sends adds and removes")
 
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
     # --- helpers -------------------------------------------------------------------------------
     def _list_id(self, audience_id: str) -> int:
         try:
@@ -289,41 +223,27 @@ class Brevo:
             raise DestinationError(f"{self.label}: Brevo list ids are integers, got {audience_id!r}") from None
 
     def _contacts(self, members: pd.DataFrame, result: BatchResult) -> dict[str, _Contact]:
-        records = members.to_dict("records")
         phones = e164_phone(members["phone"]).tolist() if "phone" in members and len(members) else []
         contacts: dict[str, _Contact] = {}
-        for i, record in enumerate(records):
-            customer = str(record["customer_key"])
-            email = _text(record.get("email"))
-            if email is None or "@" not in email:
-                result.failed[customer] = "no valid email address; not sent"
-                continue
-            key = email.lower()
-            if key in contacts:
-                contacts[key].keys.append(customer)
-                continue
+        for i, record, key, customers in unique_emails(members, result):
             attributes = {}
             for column, attribute in self.options.attributes.items():
-                value = _text(phones[i]) if column == "phone" and phones else _text(record.get(column))
+                value = text(phones[i]) if column == "phone" and phones else text(record.get(column))
                 if value is not None:
                     attributes[attribute] = value
-            contacts[key] = _Contact(key, [customer], attributes)
+            contacts[key] = _Contact(key, customers, attributes)
         return contacts
 
     def _wait(self, process_id: int) -> str:
         """Poll the import process until it is no longer queued / in process; too long -> unavailable."""
-        started, waited = time.monotonic(), 0.0
-        while True:
-            status = str(self._call("GET", f"/processes/{process_id}").get("status", ""))
-            if status not in ("queued", "in_process"):
-                return status
-            if max(waited, time.monotonic() - started) >= self.options.poll_timeout:
-                raise DestinationUnavailable(
-                    f"{self.label}: import process {process_id} still {status!r} after "
-                    f"{self.options.poll_timeout:.0f} s; the next run sends the batch again (imports are upserts)"
-                )
-            self.sleep(self.options.poll_interval)
-            waited += self.options.poll_interval
+        return self._poll_job(
+            lambda: str(self._call("GET", f"/processes/{process_id}").get("status", "")),
+            lambda status: status in ("queued", "in_process"),
+            lambda status: (
+                f"import process {process_id} still {status!r} after {self.options.poll_timeout:.0f} s; "
+                "the next run sends the batch again (imports are upserts)"
+            ),
+        )
 
     def _explain(self, email: str, list_id: int) -> tuple[str, str]:
         """Why the list add failed for one address: ('suppressed'|'failed'|'accepted', reason)."""

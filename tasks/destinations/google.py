@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -40,12 +39,11 @@ from tasks.destinations.audience import (
     BatchRejected,
     BatchResult,
     Capabilities,
-    DestinationAuthError,
     DestinationError,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import AdPlatformClient, DoublingThrottle, PlatformOptions, split_refs
 from tasks.normalize import hashing
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _REGION = re.compile(r"^[A-Z]{2}$")
 
 
-class GoogleOptions(DestinationOptions):
+class GoogleOptions(PlatformOptions):
     connection: str = "google_ads_default"  # Airflow connection; the OAuth access token is its password
     operating_account_id: str
     account_type: AccountType = "GOOGLE_ADS"
@@ -80,7 +78,6 @@ class GoogleOptions(DestinationOptions):
     validate_only: bool = False  # Google validates but applies nothing; members are reported as failed
     poll_interval: float = Field(2.0, gt=0)  # seconds between requestStatus:retrieve calls
     poll_timeout: float = Field(10.0, ge=0)  # stop polling after this long (0 = do not poll)
-    retry: RetryOptions = RetryOptions.model_validate({})
 
     @field_validator("operating_account_id")
     @classmethod
@@ -128,25 +125,11 @@ def retry_delay(response: httpx.Response) -> float | None:
         return None
 
 
-class GoogleThrottle:
-    """HttpClient's ``throttle`` hook: 429 / RESOURCE_EXHAUSTED -> seconds to wait, else None."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        throttled = response.status_code == 429 or (
-            response.status_code >= 400 and google_error(response)[0] == "RESOURCE_EXHAUSTED"
-        )
-        if not throttled:
-            self.streak = 0
-            return None
-        self.streak += 1
-        hinted = retry_delay(response)
-        if hinted is not None:
-            return hinted
-        return min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
+def throttled(response: httpx.Response) -> bool:
+    """429, or RESOURCE_EXHAUSTED in a google.rpc.Status body."""
+    return response.status_code == 429 or (
+        response.status_code >= 400 and google_error(response)[0] == "RESOURCE_EXHAUSTED"
+    )
 
 
 def _granted(value: object) -> bool:
@@ -200,34 +183,26 @@ def as_member(ids: dict[str, Any]) -> dict[str, Any]:
 
 
 @register("google_customer_match")
-class GoogleCustomerMatch:
-    kind: ClassVar[str]
+class GoogleCustomerMatch(AdPlatformClient):
     Options = GoogleOptions
     capabilities: ClassVar[Capabilities] = Capabilities(
         purpose="ad_personalization", max_batch=MAX_MEMBERS, needs=("email", "phone")
     )
 
+    platform = "google"
+    secret = "OAuth access token"
+    options: GoogleOptions
+
     def __init__(self, name: str, options: GoogleOptions) -> None:
-        self.name = name
-        self.options = options
-        try:
-            token = get_credential(options.connection).require_password("OAuth access token")
-        except MissingCredentials as exc:
-            raise DestinationAuthError(f"{name}: {exc}") from None
-        policy = options.retry.policy()
-        self.throttle = GoogleThrottle(policy)
-        self.http = HttpClient(
-            f"google:{name}",
-            options.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            throttle=self.throttle,
-            policy=policy,
-        )
-        self.sleep: Callable[[float], None] = time.sleep  # between status polls
+        super().__init__(name, options)  # self.sleep: retry waits and the waits between status polls
         self.last_request_id: str | None = None
 
-    def close(self) -> None:
-        self.http.close()
+    def _connect(self, token: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            throttle=DoublingThrottle(self.options.retry.policy(), throttled, retry_delay),
+        )
 
     # --- protocol ------------------------------------------------------------------------------
     def ensure_audience(self, segment: str, title: str, known_id: str | None) -> str:
@@ -254,14 +229,8 @@ class GoogleCustomerMatch:
 
     def remove(self, audience_id: str, refs: pd.DataFrame, batch: BatchRef) -> BatchResult:
         self._check_size(len(refs))
-        accepted: dict[str, dict[str, Any]] = {}
-        failed: dict[str, str] = {}
-        for key, ref in zip(refs["customer_key"].astype(str), refs["remote_ref"], strict=True):
-            ids = _parse_ref(ref)
-            if ids is None:
-                failed[key] = "remote_ref is not the hashed identifiers this destination recorded"
-            else:
-                accepted[key] = ids
+        invalid = "remote_ref is not the hashed identifiers this destination recorded"
+        accepted, failed = split_refs(refs, _parse_ref, invalid)
         if not accepted:
             return BatchResult(failed=failed)
         return self._send(REMOVE, self._envelope(audience_id, accepted), accepted, failed, batch)

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import httpx
 import pandas as pd
@@ -38,13 +36,11 @@ from tasks.destinations.audience import (
     BatchRejected,
     BatchResult,
     Capabilities,
-    DestinationAuthError,
     DestinationError,
-    DestinationUnavailable,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import PlatformClient, PollingOptions, chunks, error_detail, text, unique_emails
 from tasks.normalize.hashing import e164_phone
 
 log = logging.getLogger(__name__)
@@ -52,36 +48,13 @@ log = logging.getLogger(__name__)
 JSON_API = "application/vnd.api+json"
 LOOKUP_PAGE = 100  # profiles per page and values per any() filter
 LIST_CALL = 1_000  # profile ids per list add/remove call
-T = TypeVar("T")
 
 
-class KlaviyoOptions(DestinationOptions):
+class KlaviyoOptions(PollingOptions):
     connection: str = "klaviyo_default"  # Airflow connection: password = private API key (pk_...)
     list_id: str | None = None  # one fixed list for every segment; default: a list per segment, by name
     base_url: str | None = None  # default https://a.klaviyo.com
     revision: str = Field("2025-07-15", pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
-    poll_interval: float = Field(2.0, gt=0)  # seconds between import-job polls
-    poll_timeout: float = Field(900.0, gt=0)  # give up on a job after this long (DestinationUnavailable)
-    retry: RetryOptions = RetryOptions.model_validate({})
-
-
-class RetryAfter:
-    """429 + ``Retry-After`` seconds; without a usable header, exponential over consecutive 429s."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        if response.status_code != 429:
-            self.streak = 0
-            return None
-        self.streak += 1
-        try:
-            return max(0.0, float(response.headers["Retry-After"]))
-        except (KeyError, ValueError):
-            ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
-            return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @dataclass
@@ -91,91 +64,46 @@ class _Profile:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def _text(value: Any) -> str | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    text = str(value).strip()
-    return text or None
-
-
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _errors(response: httpx.Response) -> str:
     """Klaviyo's ``{errors: [{code, title, detail, source}]}``, redacted."""
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text)
-    items = body.get("errors") if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        return redact(str(body))
-    parts = []
-    for item in items:
-        if isinstance(item, dict):
-            pointer = (item.get("source") or {}).get("pointer", "") if isinstance(item.get("source"), dict) else ""
-            parts.append(f"{item.get('code', '')}: {item.get('detail') or item.get('title', '')} {pointer}".strip())
-    return redact("; ".join(parts))
+
+    def describe(body: Any) -> str:
+        items = body.get("errors") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            return str(body)
+        parts = []
+        for item in items:
+            if isinstance(item, dict):
+                source = item.get("source")
+                pointer = (source or {}).get("pointer", "") if isinstance(source, dict) else ""
+                parts.append(f"{item.get('code', '')}: {item.get('detail') or item.get('title', '')} {pointer}".strip())
+        return "; ".join(parts)
+
+    return error_detail(response, describe)
 
 
 @register("klaviyo")
-class Klaviyo:
-    kind: ClassVar[str]
+class Klaviyo(PlatformClient):
     capabilities: ClassVar[Capabilities] = Capabilities(
         purpose="email_marketing", max_batch=10_000, max_remove_batch=LIST_CALL
     )
     Options = KlaviyoOptions
 
-    def __init__(self, name: str, options: KlaviyoOptions) -> None:
-        self.name = name
-        self.options = options
-        self.sleep: Callable[[float], None] = time.sleep  # tests swap in a recorder
-        self._http: HttpClient | None = None
+    secret = "Klaviyo private API key"
+    options: KlaviyoOptions
 
     # --- plumbing ------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return f"klaviyo destination {self.name!r} (connection {self.options.connection!r})"
-
-    @property
-    def retries(self) -> int:
-        return self._http.retries if self._http is not None else 0
-
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            try:
-                key = get_credential(self.options.connection).require_password("Klaviyo private API key")
-            except MissingCredentials as exc:
-                raise DestinationAuthError(f"{self.label}: {exc}") from None
-            except ValueError:
-                raise DestinationAuthError(f"{self.label}: the connection could not be parsed (JSON or URI)") from None
-            policy = self.options.retry.policy()
-            self._http = HttpClient(
-                self.label,
-                self.options.base_url or "https://a.klaviyo.com",
-                headers={
-                    "Authorization": f"Klaviyo-API-Key {key}",
-                    "revision": self.options.revision,
-                    "Accept": JSON_API,
-                },
-                throttle=RetryAfter(policy),
-                policy=policy,
-                sleep=lambda seconds: self.sleep(seconds),
-            )
-        return self._http
+    def _connect(self, key: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url or "https://a.klaviyo.com",
+            headers={"Authorization": f"Klaviyo-API-Key {key}", "revision": self.options.revision, "Accept": JSON_API},
+        )  # throttle: 429 + Retry-After seconds, else exponential backoff (HttpClient's default)
 
     def _call(self, method: str, path: str, *, body: Any = None, batch: bool = False, **kwargs: Any) -> Any:
         if body is not None:
             kwargs["content"] = json.dumps(body).encode()
             kwargs["headers"] = {"Content-Type": JSON_API}
-        response = self._client().request(method, path, **kwargs)
+        response = self.http.request(method, path, **kwargs)
         if response.is_success:
             return response.json() if response.content else {}
         detail, where = _errors(response), f"{method} {path}"
@@ -234,7 +162,7 @@ class Klaviyo:
                 if failed is not None:
                     result.failed.update(dict.fromkeys(failed.keys, reason))
         eligible: list[tuple[_Profile, str]] = []
-        for emails in _chunks(list(profiles), LOOKUP_PAGE):
+        for emails in chunks(list(profiles), LOOKUP_PAGE):
             found = self._lookup(emails)
             for email in emails:
                 profile = profiles[email]
@@ -246,7 +174,7 @@ class Klaviyo:
                     result.suppressed.update(dict.fromkeys(profile.keys, f"Klaviyo: {suppression}"))
                 else:
                     eligible.append((profile, profile_id))
-        for chunk in _chunks(eligible, LIST_CALL):
+        for chunk in chunks(eligible, LIST_CALL):
             self._call(
                 "POST",
                 f"/api/lists/{audience_id}/relationships/profiles/",
@@ -261,12 +189,12 @@ class Klaviyo:
         result = BatchResult()
         by_id: dict[str, list[str]] = {}
         for record in refs.to_dict("records"):
-            customer, ref = str(record["customer_key"]), _text(record.get("remote_ref"))
+            customer, ref = str(record["customer_key"]), text(record.get("remote_ref"))
             if ref is None:
                 result.failed[customer] = "no remote_ref (Klaviyo profile id) to remove"
             else:
                 by_id.setdefault(ref, []).append(customer)
-        for chunk in _chunks(list(by_id), LIST_CALL):
+        for chunk in chunks(list(by_id), LIST_CALL):
             self._call(
                 "DELETE",
                 f"/api/lists/{audience_id}/relationships/profiles/",
@@ -280,59 +208,40 @@ class Klaviyo:
     def replace(self, audience_id: str, members: pd.DataFrame, batch: BatchRef) -> BatchResult:
         raise NotImplementedError("klaviyo has no replace; the sync engine sends adds and removes")
 
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
     # --- helpers -------------------------------------------------------------------------------
     def _profiles(self, members: pd.DataFrame, result: BatchResult) -> dict[str, _Profile]:
         """Profiles keyed by lower-cased email (Klaviyo matches emails case-insensitively)."""
-        records = members.to_dict("records")
         phones = e164_phone(members["phone"]).tolist() if "phone" in members and len(members) else []
         profiles: dict[str, _Profile] = {}
-        for i, record in enumerate(records):
-            customer = str(record["customer_key"])
-            email = _text(record.get("email"))
-            if email is None or "@" not in email:
-                result.failed[customer] = "no valid email address; not sent"
-                continue
-            key = email.lower()
-            if key in profiles:
-                profiles[key].keys.append(customer)
-                continue
+        for i, record, key, customers in unique_emails(members, result):
             attributes: dict[str, Any] = {"email": key}
-            phone = _text(phones[i]) if phones else None
+            phone = text(phones[i]) if phones else None
             if phone:
                 attributes["phone_number"] = phone
             for column in ("first_name", "last_name"):
-                if (value := _text(record.get(column))) is not None:
+                if (value := text(record.get(column))) is not None:
                     attributes[column] = value
             location = {
                 name: value
                 for name, column in (("city", "city"), ("country", "country"), ("zip", "postal_code"))
-                if (value := _text(record.get(column))) is not None
+                if (value := text(record.get(column))) is not None
             }
             if location:
                 attributes["location"] = location
-            profiles[key] = _Profile(key, [customer], attributes)
+            profiles[key] = _Profile(key, customers, attributes)
         return profiles
 
     def _wait(self, job_id: str) -> dict[str, Any]:
         """Poll the import job until it leaves queued/processing; too long -> DestinationUnavailable."""
-        started, waited = time.monotonic(), 0.0
-        while True:
-            doc = self._call("GET", f"/api/profile-bulk-import-jobs/{job_id}/")
-            attributes: dict[str, Any] = doc["data"]["attributes"]
-            if attributes.get("status") not in ("queued", "processing"):
-                return attributes
-            if max(waited, time.monotonic() - started) >= self.options.poll_timeout:
-                raise DestinationUnavailable(
-                    f"{self.label}: import job {job_id} still {attributes.get('status')!r} after "
-                    f"{self.options.poll_timeout:.0f} s; the next run sends the batch again (imports are upserts)"
-                )
-            self.sleep(self.options.poll_interval)
-            waited += self.options.poll_interval
+        attributes: dict[str, Any] = self._poll_job(
+            lambda: self._call("GET", f"/api/profile-bulk-import-jobs/{job_id}/")["data"]["attributes"],
+            lambda state: state.get("status") in ("queued", "processing"),
+            lambda state: (
+                f"import job {job_id} still {state.get('status')!r} after {self.options.poll_timeout:.0f} s; "
+                "the next run sends the batch again (imports are upserts)"
+            ),
+        )
+        return attributes
 
     def _pages(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Follow JSON:API ``links.next``. The link is split into path and query so the retry/error messages of
@@ -354,7 +263,7 @@ class Klaviyo:
         for page in self._pages(path, {"page[size]": str(LOOKUP_PAGE)}):
             for row in page.get("data") or []:
                 attributes = row.get("attributes") or {}
-                email = _text((attributes.get("original_payload") or {}).get("email"))
+                email = text((attributes.get("original_payload") or {}).get("email"))
                 if email is not None:
                     detail = attributes.get("detail") or attributes.get("title") or "import error"
                     yield email.lower(), f"Klaviyo import error: {redact(str(detail))}"
@@ -370,7 +279,7 @@ class Klaviyo:
         for page in self._pages("/api/profiles/", params):
             for row in page.get("data") or []:
                 attributes = row.get("attributes") or {}
-                email = _text(attributes.get("email"))
+                email = text(attributes.get("email"))
                 if email is not None:
                     found[email.lower()] = (str(row["id"]), _suppression(attributes))
         return found

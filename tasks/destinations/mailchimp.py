@@ -14,7 +14,7 @@ Contract facts that shaped this client (destinations.md, "Mailchimp"):
   answers in "compliance state" / "permanently deleted" wording are ``suppressed`` too, not ``failed``.
   Consequence of ``update_existing: false``: names of existing members are not refreshed.
 - Mailchimp throttles with a plain 429 (10 concurrent connections per key) and no rate header, so the
-  throttle backs off exponentially over consecutive 429s instead of trusting a header.
+  client backs off exponentially over consecutive 429s (HttpClient's BACKOFF) instead of trusting a header.
 - Merge fields are per list: only FNAME/LNAME/PHONE exist by default, an unknown tag fails the address,
   and the default ADDRESS field is all-or-nothing (street, city, state, zip), so city/country are sent
   only when mapped to merge fields the list has (``merge_fields`` option).
@@ -23,9 +23,6 @@ Contract facts that shaped this client (destinations.md, "Mailchimp"):
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,9 +39,9 @@ from tasks.destinations.audience import (
     DestinationAuthError,
     DestinationError,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import PlatformClient, PlatformOptions, error_detail, header_wait, text
 from tasks.normalize.hashing import mailchimp_subscriber_hash
 
 log = logging.getLogger(__name__)
@@ -58,13 +55,12 @@ _SUPPRESSION_WORDS = ("compliance state", "unsubscribe", "cleaned", "permanently
 _ABSENT_WORDS = ("not a list member", "not belong", "not found", "does not exist", "not subscribed")
 
 
-class MailchimpOptions(DestinationOptions):
+class MailchimpOptions(PlatformOptions):
     connection: str = "mailchimp_default"  # Airflow connection: password = API key (``<key>-<dc>``)
     list_id: str = Field(min_length=1)  # the audience holding the tags
     base_url: str | None = None  # default https://<dc>.api.mailchimp.com/3.0 from the key's suffix
     merge_fields: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MERGE_FIELDS))  # column -> tag
     prefetch_suppressions: bool = True  # read unsubscribed/cleaned addresses once per run
-    retry: RetryOptions = RetryOptions.model_validate({})
 
     @field_validator("merge_fields")
     @classmethod
@@ -75,22 +71,6 @@ class MailchimpOptions(DestinationOptions):
         return value
 
 
-class HeaderlessBackoff:
-    """Throttle reader for a platform whose 429 carries no wait: exponential over consecutive 429s."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        if response.status_code != 429:
-            self.streak = 0
-            return None
-        self.streak += 1
-        ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": spread concurrent workers
-
-
 @dataclass
 class _Address:
     email: str
@@ -98,70 +78,33 @@ class _Address:
     merge_fields: dict[str, str] = field(default_factory=dict)
 
 
-def _text(value: Any) -> str | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    text = str(value).strip()
-    return text or None
-
-
 def _hashes(emails: list[str]) -> list[str | None]:
     """Subscriber hashes (MD5 of the trimmed, lower-cased address); None where the value is not an email."""
     if not emails:
         return []
-    return [_text(h) for h in mailchimp_subscriber_hash(pd.Series(emails, dtype="object")).tolist()]
+    return [text(h) for h in mailchimp_subscriber_hash(pd.Series(emails, dtype="object")).tolist()]
 
 
 @register("mailchimp")
-class Mailchimp:
-    kind: ClassVar[str]
+class Mailchimp(PlatformClient):
     capabilities: ClassVar[Capabilities] = Capabilities(purpose="email_marketing", max_batch=500)
     Options = MailchimpOptions
 
+    secret = "Mailchimp API key"
+    options: MailchimpOptions
+
     def __init__(self, name: str, options: MailchimpOptions) -> None:
-        self.name = name
-        self.options = options
-        self.sleep: Callable[[float], None] = time.sleep  # tests swap in a recorder
-        self._http: HttpClient | None = None
+        super().__init__(name, options)
         self._suppressed: dict[str, str] | None = None  # subscriber hash -> Mailchimp status
 
     # --- plumbing ------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return f"mailchimp destination {self.name!r} (connection {self.options.connection!r})"
-
-    @property
-    def retries(self) -> int:
-        return self._http.retries if self._http is not None else 0
-
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            key = self._api_key()
-            base_url = self.options.base_url or self._default_base_url(key)
-            policy = self.options.retry.policy()
-            self._http = HttpClient(
-                self.label,
-                base_url,
-                headers={"Accept": "application/json"},
-                auth=("audiences", key),
-                throttle=HeaderlessBackoff(policy),
-                policy=policy,
-                sleep=lambda seconds: self.sleep(seconds),
-            )
-        return self._http
-
-    def _api_key(self) -> str:
-        try:
-            return get_credential(self.options.connection).require_password("Mailchimp API key")
-        except MissingCredentials as exc:
-            raise DestinationAuthError(f"{self.label}: {exc}") from None
-        except ValueError:
-            raise DestinationAuthError(f"{self.label}: the connection could not be parsed (JSON or URI)") from None
+    def _connect(self, key: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url or self._default_base_url(key),
+            headers={"Accept": "application/json"},
+            auth=("audiences", key),
+            throttle=header_wait(None),  # a plain 429 without a wait: exponential backoff
+        )
 
     def _default_base_url(self, key: str) -> str:
         _, sep, dc = key.rpartition("-")
@@ -173,7 +116,7 @@ class Mailchimp:
         return f"https://{dc}.api.mailchimp.com/3.0"
 
     def _call(self, method: str, path: str, *, batch: bool = False, **kwargs: Any) -> Any:
-        response = self._client().request(method, path, **kwargs)
+        response = self.http.request(method, path, **kwargs)
         if response.is_success:
             return response.json() if response.content else {}
         detail = _problem(response)
@@ -281,25 +224,20 @@ class Mailchimp:
     def replace(self, audience_id: str, members: pd.DataFrame, batch: BatchRef) -> BatchResult:
         raise NotImplementedError("mailchimp has no replace; the sync engine sends adds and removes")
 
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
     # --- helpers -------------------------------------------------------------------------------
     def _addresses(self, frame: pd.DataFrame, column: str, result: BatchResult) -> dict[str, _Address]:
         """Rows grouped by subscriber hash (two customers may share an address: sent once, reported for both)."""
         rows: list[tuple[str, str, dict[str, str]]] = []
         for record in frame.to_dict("records"):
             customer = str(record["customer_key"])
-            email = _text(record.get(column))
+            email = text(record.get(column))
             if email is None:
                 result.failed[customer] = f"no {'email address' if column == 'email' else 'remote_ref'} to send"
                 continue
             merge = {}
             if column == "email":
                 for source, tag in self.options.merge_fields.items():
-                    value = _text(record.get(source))
+                    value = text(record.get(source))
                     if value is not None:
                         merge[tag] = value
             rows.append((customer, email, merge))
@@ -342,14 +280,14 @@ class Mailchimp:
 
 def _problem(response: httpx.Response) -> str:
     """Mailchimp errors are problem documents; keep title/detail/field errors, redacted."""
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text)
-    if not isinstance(body, dict):
-        return redact(str(body))
-    parts = [str(body.get("title", "")), str(body.get("detail", ""))]
-    for error in body.get("errors") or []:
-        if isinstance(error, dict):
-            parts.append(f"{error.get('field', '')}: {error.get('message', '')}")
-    return redact("; ".join(p for p in parts if p))
+
+    def describe(body: Any) -> str:
+        if not isinstance(body, dict):
+            return str(body)
+        parts = [str(body.get("title", "")), str(body.get("detail", ""))]
+        for error in body.get("errors") or []:
+            if isinstance(error, dict):
+                parts.append(f"{error.get('field', '')}: {error.get('message', '')}")
+        return "; ".join(p for p in parts if p)
+
+    return error_detail(response, describe)

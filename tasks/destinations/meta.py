@@ -43,9 +43,9 @@ from tasks.destinations.audience import (
     DestinationError,
     DestinationUnavailable,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import AdPlatformClient, DoublingThrottle, PlatformOptions, split_refs
 from tasks.normalize import hashing
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ FIRST_BATCH_MISSING = 1870147
 SESSION_FINISHED = 1870159
 
 
-class MetaOptions(DestinationOptions):
+class MetaOptions(PlatformOptions):
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
 
     connection: str = "meta_default"  # Airflow connection; the access token is its password
@@ -76,7 +76,6 @@ class MetaOptions(DestinationOptions):
     base_url: str = "https://graph.facebook.com"
     keys: list[MetaKey] = Field(default_factory=lambda: list(DEFAULT_SCHEMA), alias="schema", min_length=1)
     replace: bool = False  # the sync engine sends the whole segment through usersreplace instead of diffs
-    retry: RetryOptions = RetryOptions.model_validate({})
 
     @field_validator("ad_account_id")
     @classmethod
@@ -142,23 +141,10 @@ def _regain_seconds(headers: Mapping[str, str]) -> float | None:
     return longest * 60 if longest > 0 else None
 
 
-class GraphThrottle:
-    """HttpClient's ``throttle`` hook for Graph: seconds to wait on a throttle code, else None."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0  # consecutive throttled responses; reset by any other response
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        err = graph_error(response)
-        if err is None or err.code not in THROTTLE_CODES:
-            self.streak = 0
-            return None
-        self.streak += 1
-        hinted = _regain_seconds(response.headers)
-        if hinted is not None:
-            return hinted
-        return min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
+def graph_throttled(response: httpx.Response) -> bool:
+    """A Graph throttle code (in an HTTP 400 body: HttpClient's ``throttle`` hook cannot rely on 429)."""
+    err = graph_error(response)
+    return err is not None and err.code in THROTTLE_CODES
 
 
 # --- normalization ----------------------------------------------------------------------------
@@ -217,32 +203,28 @@ def compact(row: Mapping[str, Any]) -> str:
 
 
 @register("meta_custom_audience")
-class MetaCustomAudience:
-    kind: ClassVar[str]
+class MetaCustomAudience(AdPlatformClient):
     Options = MetaOptions
     capabilities: ClassVar[Capabilities] = Capabilities(
         purpose="ad_personalization", max_batch=MAX_ROWS, supports_replace=True, needs=("email", "phone")
     )
 
+    platform = "meta"
+    secret = "Meta access token"
+    options: MetaOptions
+
     def __init__(self, name: str, options: MetaOptions) -> None:
-        self.name = name
-        self.options = options
-        try:
-            self._token = get_credential(options.connection).require_password("Meta access token")
-        except MissingCredentials as exc:
-            raise DestinationAuthError(f"{name}: {exc}") from None
-        policy = options.retry.policy()
-        self.throttle = GraphThrottle(policy)
-        self.http = HttpClient(f"meta:{name}", options.base_url, throttle=self.throttle, policy=policy)
+        super().__init__(name, options)
         # plan session id -> (session id used at Meta, batch_seq offset) after a restarted add/remove session
         self._sessions: dict[int, tuple[int, int]] = {}
+
+    def _connect(self, token: str) -> HttpClient:
+        throttle = DoublingThrottle(self.options.retry.policy(), graph_throttled, lambda r: _regain_seconds(r.headers))
+        return self._http_client(self.options.base_url, throttle=throttle)
 
     @property
     def wants_replace(self) -> bool:
         return self.options.replace
-
-    def close(self) -> None:
-        self.http.close()
 
     # --- protocol ------------------------------------------------------------------------------
     def ensure_audience(self, segment: str, title: str, known_id: str | None) -> str:
@@ -258,7 +240,7 @@ class MetaCustomAudience:
                 "subtype": "CUSTOM",
                 "customer_file_source": "USER_PROVIDED_ONLY",
                 "description": f"Segment {segment}, kept in sync by the audiences pipeline",
-                "access_token": self._token,
+                "access_token": self.token,
             },
         )
         self._raise_for(response, f"creating the audience for segment {segment!r}")
@@ -274,14 +256,7 @@ class MetaCustomAudience:
 
     def remove(self, audience_id: str, refs: pd.DataFrame, batch: BatchRef) -> BatchResult:
         self._check_size(len(refs))
-        failed: dict[str, str] = {}
-        rows: dict[str, dict[str, str]] = {}
-        for key, ref in zip(refs["customer_key"].astype(str), refs["remote_ref"], strict=True):
-            row = _parse_ref(ref)
-            if row is None:
-                failed[key] = "remote_ref is not the hashed Meta row this destination recorded"
-            else:
-                rows[key] = row
+        rows, failed = split_refs(refs, _parse_ref, "remote_ref is not the hashed Meta row this destination recorded")
         if not rows:
             return BatchResult(failed=failed)
         schema = [k for k in ALL_KEYS if any(k in row for row in rows.values())]
@@ -343,7 +318,7 @@ class MetaCustomAudience:
             response = self.http.request(
                 method,
                 self._path(tail),
-                data={"payload": payload, "session": compact(self._session(batch)), "access_token": self._token},
+                data={"payload": payload, "session": compact(self._session(batch)), "access_token": self.token},
             )
             if response.is_success:
                 body = response.json()
@@ -380,7 +355,7 @@ class MetaCustomAudience:
         if response.is_success:
             return
         err = graph_error(response)
-        message = redact(err.message if err else response.text).replace(self._token, "<token>")
+        message = redact(err.message if err else response.text).replace(self.token, "<token>")
         codes = f"{err.code}/{err.subcode}" if err else f"HTTP {response.status_code}"
         if err is not None and err.code in AUTH_CODES:
             raise DestinationAuthError(

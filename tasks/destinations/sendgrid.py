@@ -23,29 +23,24 @@ Contract facts that shaped this client (destinations.md, "SendGrid"):
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar
+from typing import Any, ClassVar, Literal, NoReturn
 
 import httpx
 import pandas as pd
-from pydantic import Field
 
 from tasks.destinations.audience import (
     BatchRef,
     BatchRejected,
     BatchResult,
     Capabilities,
-    DestinationAuthError,
     DestinationError,
-    DestinationUnavailable,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import PlatformClient, PollingOptions, chunks, header_wait, text, unique_emails
 
 log = logging.getLogger(__name__)
 
@@ -53,37 +48,13 @@ SEARCH = 100  # emails per contact search
 SUPPRESSION_PAGE = 500
 FIELDS = ("first_name", "last_name", "city", "country", "postal_code")  # member column = SendGrid field
 _CONTACT_INDEX = re.compile(r"^contacts\[(\d+)\]")
-T = TypeVar("T")
 SuppressionList = Literal["unsubscribes", "bounces", "spam_reports"]
 
 
-class SendGridOptions(DestinationOptions):
+class SendGridOptions(PollingOptions):
     connection: str = "sendgrid_default"  # Airflow connection: password = API key (SG....)
     base_url: str | None = None  # default https://api.sendgrid.com
     suppression_lists: tuple[SuppressionList, ...] = ("unsubscribes", "bounces", "spam_reports")  # read once a run
-    poll_interval: float = Field(2.0, gt=0)  # seconds between import-job polls
-    poll_timeout: float = Field(900.0, gt=0)  # give up on a job after this long (DestinationUnavailable)
-    retry: RetryOptions = RetryOptions.model_validate({})
-
-
-class RateLimitReset:
-    """429 + ``X-RateLimit-Reset`` (unix time) -> seconds from now; without it, exponential backoff."""
-
-    def __init__(self, policy: RetryPolicy, clock: Callable[[], float] = time.time) -> None:
-        self.policy = policy
-        self.clock = clock
-        self.streak = 0
-
-    def __call__(self, response: httpx.Response) -> float | None:
-        if response.status_code != 429:
-            self.streak = 0
-            return None
-        self.streak += 1
-        try:
-            return max(0.0, float(response.headers["X-RateLimit-Reset"]) - self.clock())
-        except (KeyError, ValueError):
-            ceiling = min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
-            return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @dataclass
@@ -91,23 +62,6 @@ class _Contact:
     email: str
     keys: list[str] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
-
-
-def _text(value: Any) -> str | None:
-    if value is None or value is pd.NA:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    text = str(value).strip()
-    return text or None
-
-
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _error_items(response: httpx.Response) -> list[dict[str, Any]]:
@@ -127,48 +81,27 @@ def _errors(response: httpx.Response) -> str:
 
 
 @register("sendgrid")
-class SendGrid:
-    kind: ClassVar[str]
+class SendGrid(PlatformClient):
     capabilities: ClassVar[Capabilities] = Capabilities(purpose="email_marketing", max_batch=30_000)
     Options = SendGridOptions
 
+    secret = "SendGrid API key"
+    options: SendGridOptions
+
     def __init__(self, name: str, options: SendGridOptions) -> None:
-        self.name = name
-        self.options = options
-        self.sleep: Callable[[float], None] = time.sleep  # tests swap in a recorder
-        self._http: HttpClient | None = None
+        super().__init__(name, options)
         self._suppressed: dict[str, str] | None = None  # lower-cased email -> suppression list
 
     # --- plumbing ------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return f"sendgrid destination {self.name!r} (connection {self.options.connection!r})"
-
-    @property
-    def retries(self) -> int:
-        return self._http.retries if self._http is not None else 0
-
-    def _client(self) -> HttpClient:
-        if self._http is None:
-            try:
-                key = get_credential(self.options.connection).require_password("SendGrid API key")
-            except MissingCredentials as exc:
-                raise DestinationAuthError(f"{self.label}: {exc}") from None
-            except ValueError:
-                raise DestinationAuthError(f"{self.label}: the connection could not be parsed (JSON or URI)") from None
-            policy = self.options.retry.policy()
-            self._http = HttpClient(
-                self.label,
-                self.options.base_url or "https://api.sendgrid.com",
-                headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
-                throttle=RateLimitReset(policy),
-                policy=policy,
-                sleep=lambda seconds: self.sleep(seconds),
-            )
-        return self._http
+    def _connect(self, key: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url or "https://api.sendgrid.com",
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            throttle=header_wait("X-RateLimit-Reset", clock=time.time),  # a unix time: the wait is reset - now
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self._client().request(method, path, **kwargs)
+        return self.http.request(method, path, **kwargs)
 
     def _call(self, method: str, path: str, *, batch: bool = False, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
@@ -238,12 +171,12 @@ class SendGrid:
         result = BatchResult()
         by_email: dict[str, list[str]] = {}
         for record in refs.to_dict("records"):
-            customer, ref = str(record["customer_key"]), _text(record.get("remote_ref"))
+            customer, ref = str(record["customer_key"]), text(record.get("remote_ref"))
             if ref is None:
                 result.failed[customer] = "no remote_ref (email) to remove"
             else:
                 by_email.setdefault(ref.lower(), []).append(customer)
-        for emails in _chunks(list(by_email), SEARCH):
+        for emails in chunks(list(by_email), SEARCH):
             found = self._search(emails)
             ids = [str(c["id"]) for c in found.values() if audience_id in (c.get("list_ids") or [])]
             if ids:
@@ -257,26 +190,12 @@ class SendGrid:
     def replace(self, audience_id: str, members: pd.DataFrame, batch: BatchRef) -> BatchResult:
         raise NotImplementedError("sendgrid has no replace; the sync engine sends adds and removes")
 
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-
     # --- helpers -------------------------------------------------------------------------------
     def _contacts(self, members: pd.DataFrame, result: BatchResult) -> dict[str, _Contact]:
         contacts: dict[str, _Contact] = {}
-        for record in members.to_dict("records"):
-            customer = str(record["customer_key"])
-            email = _text(record.get("email"))
-            if email is None or "@" not in email:
-                result.failed[customer] = "no valid email address; not sent"
-                continue
-            key = email.lower()
-            if key in contacts:
-                contacts[key].keys.append(customer)
-                continue
-            values = {name: v for name in FIELDS if (v := _text(record.get(name))) is not None}
-            contacts[key] = _Contact(key, [customer], values)
+        for _, record, key, customers in unique_emails(members, result):
+            values = {name: v for name in FIELDS if (v := text(record.get(name))) is not None}
+            contacts[key] = _Contact(key, customers, values)
         return contacts
 
     def _upsert(self, audience_id: str, contacts: dict[str, _Contact], result: BatchResult) -> str | None:
@@ -303,23 +222,20 @@ class SendGrid:
 
     def _wait(self, job_id: str) -> dict[str, Any]:
         """Poll the import until it leaves ``pending``; too long -> DestinationUnavailable."""
-        started, waited = time.monotonic(), 0.0
-        while True:
-            status: dict[str, Any] = self._call("GET", f"/v3/marketing/contacts/imports/{job_id}")
-            if status.get("status") != "pending":
-                return status
-            if max(waited, time.monotonic() - started) >= self.options.poll_timeout:
-                raise DestinationUnavailable(
-                    f"{self.label}: import job {job_id} still pending after {self.options.poll_timeout:.0f} s; "
-                    "the next run sends the batch again (the upsert is idempotent)"
-                )
-            self.sleep(self.options.poll_interval)
-            waited += self.options.poll_interval
+        status: dict[str, Any] = self._poll_job(
+            lambda: self._call("GET", f"/v3/marketing/contacts/imports/{job_id}"),
+            lambda state: state.get("status") == "pending",
+            lambda state: (
+                f"import job {job_id} still pending after {self.options.poll_timeout:.0f} s; "
+                "the next run sends the batch again (the upsert is idempotent)"
+            ),
+        )
+        return status
 
     def _search(self, emails: list[str]) -> dict[str, dict[str, Any]]:
         """Lower-cased email -> contact (id, list_ids, ...) for those SendGrid holds; 100 per request."""
         found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(emails, SEARCH):
+        for chunk in chunks(emails, SEARCH):
             response = self._send("POST", "/v3/marketing/contacts/search/emails", json={"emails": chunk})
             if response.status_code == 404:  # none of these addresses exists
                 continue
@@ -344,7 +260,7 @@ class SendGrid:
                     if not isinstance(rows, list):
                         break
                     for row in rows:
-                        email = _text(row.get("email")) if isinstance(row, dict) else None
+                        email = text(row.get("email")) if isinstance(row, dict) else None
                         if email is not None:
                             found.setdefault(email.lower(), kind)
                     if len(rows) < SUPPRESSION_PAGE:

@@ -39,9 +39,9 @@ from tasks.destinations.audience import (
     DestinationAuthError,
     DestinationError,
 )
-from tasks.destinations.base import DestinationOptions, register
-from tasks.destinations.credentials import MissingCredentials, get_credential
-from tasks.destinations.http import HttpClient, RetryOptions, RetryPolicy, redact
+from tasks.destinations.base import register
+from tasks.destinations.http import HttpClient, redact
+from tasks.destinations.platform import AdPlatformClient, DoublingThrottle, PlatformOptions, split_refs
 from tasks.normalize import hashing
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,13 @@ UPDATE = "/dmp/custom_audience/update/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class TikTokOptions(DestinationOptions):
+class TikTokOptions(PlatformOptions):
     connection: str = "tiktok_default"  # Airflow connection; the Access-Token is its password
     advertiser_id: str
     audience_id: str | None = None  # pin an existing audience; otherwise one is created per segment
     identifier: Identifier = "EMAIL_SHA256"
     base_url: str = "https://business-api.tiktok.com/open_api/v1.3"
     retention_in_days: int | None = Field(None, ge=1, le=365)  # None: TikTok's rolling 365 days
-    retry: RetryOptions = RetryOptions.model_validate({})
 
 
 def body_code(response: httpx.Response) -> int | None:
@@ -80,19 +79,13 @@ def body_code(response: httpx.Response) -> int | None:
         return None
 
 
-class TikTokThrottle:
-    """HttpClient's ``throttle`` hook: body code 40100/40132 (inside HTTP 200) -> seconds to wait."""
+def throttled(response: httpx.Response) -> bool:
+    """A 429, or body code 40100/40132 inside an HTTP 200."""
+    return response.status_code == 429 or body_code(response) in THROTTLE_CODES
 
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.streak = 0
 
-    def __call__(self, response: httpx.Response) -> float | None:
-        if response.status_code != 429 and body_code(response) not in THROTTLE_CODES:
-            self.streak = 0
-            return None
-        self.streak += 1
-        return min(self.policy.max_delay, self.policy.base_delay * 2 ** (self.streak - 1))
+def _sha256(ref: object) -> str | None:
+    return ref if isinstance(ref, str) and _SHA256.match(ref) else None
 
 
 def file_bytes(hashes: list[str]) -> bytes:
@@ -100,8 +93,7 @@ def file_bytes(hashes: list[str]) -> bytes:
 
 
 @register("tiktok_customer_file")
-class TikTokCustomerFile:
-    kind: ClassVar[str]
+class TikTokCustomerFile(AdPlatformClient):
     Options = TikTokOptions
     # A member needs the configured identifier; the engine cannot see options, so both are listed and
     # a member without the configured one is reported as failed (see the final report).
@@ -109,25 +101,16 @@ class TikTokCustomerFile:
         purpose="ad_personalization", max_batch=MAX_LINES, min_audience_size=MIN_AUDIENCE, needs=("email", "phone")
     )
 
-    def __init__(self, name: str, options: TikTokOptions) -> None:
-        self.name = name
-        self.options = options
-        try:
-            self._token = get_credential(options.connection).require_password("TikTok Access-Token")
-        except MissingCredentials as exc:
-            raise DestinationAuthError(f"{name}: {exc}") from None
-        policy = options.retry.policy()
-        self.throttle = TikTokThrottle(policy)
-        self.http = HttpClient(
-            f"tiktok:{name}",
-            options.base_url,
-            headers={"Access-Token": self._token},
-            throttle=self.throttle,
-            policy=policy,
-        )
+    platform = "tiktok"
+    secret = "TikTok Access-Token"
+    options: TikTokOptions
 
-    def close(self) -> None:
-        self.http.close()
+    def _connect(self, token: str) -> HttpClient:
+        return self._http_client(
+            self.options.base_url,
+            headers={"Access-Token": token},
+            throttle=DoublingThrottle(self.options.retry.policy(), throttled),
+        )
 
     # --- protocol ------------------------------------------------------------------------------
     def ensure_audience(self, segment: str, title: str, known_id: str | None) -> str:
@@ -170,13 +153,7 @@ class TikTokCustomerFile:
 
     def remove(self, audience_id: str, refs: pd.DataFrame, batch: BatchRef) -> BatchResult:
         self._check_size(len(refs))
-        accepted: dict[str, str] = {}
-        failed: dict[str, str] = {}
-        for key, ref in zip(refs["customer_key"].astype(str), refs["remote_ref"], strict=True):
-            if isinstance(ref, str) and _SHA256.match(ref):
-                accepted[key] = ref
-            else:
-                failed[key] = "remote_ref is not the SHA-256 this destination recorded"
+        accepted, failed = split_refs(refs, _sha256, "remote_ref is not the SHA-256 this destination recorded")
         if accepted:
             self._apply(audience_id, "REMOVE", accepted, batch)
         return BatchResult(accepted=accepted, failed=failed)
@@ -226,7 +203,7 @@ class TikTokCustomerFile:
             message = str(response.json().get("message", ""))
         except (ValueError, AttributeError):
             message = response.text
-        message = redact(message).replace(self._token, "<token>")
+        message = redact(message).replace(self.token, "<token>")
         if response.is_success and code == 0:
             data = response.json().get("data")
             return data if isinstance(data, dict) else {}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 MAX_LIST_CALL = 150
 MAX_LIST_PAGE = 50
@@ -75,6 +75,7 @@ class Process:
 
 class BrevoServer(ContractServer):
     platform = "brevo"
+    base_path = "/v3"  # a client's base_url: {url}/v3 (the real one is https://api.brevo.com/v3)
 
     def __init__(
         self, api_key: str = "xkeysib-0123456789abcdef-sandbox", poll_steps: int = 2, folder_ids: tuple[int, ...] = (1,)
@@ -97,19 +98,7 @@ class BrevoServer(ContractServer):
         self.route("POST", r"/v3/contacts/lists/(?P<list>\d+)/contacts/remove", self._remove)
         self.route("GET", r"/v3/contacts/(?P<identifier>[^/]+)", self._get_contact)
 
-    def start(self) -> BrevoServer:
-        super().start()
-        assert self._httpd is not None
-        # headers and body leave in two writes: without TCP_NODELAY each answer waits out a delayed ACK (40 ms)
-        self._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return self
-
     # --- helpers for tests -------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        """What a client's ``base_url`` option points at (the real one is https://api.brevo.com/v3)."""
-        return f"{self.url}/v3"
-
     def create_list(self, name: str, folder_id: int = 1) -> int:
         lst = ContactList(next(self._ids), name, folder_id)
         self.lists[lst.id] = lst
@@ -128,12 +117,12 @@ class BrevoServer(ContractServer):
     def throttle(self, times: int = 1, reset_in: int = 1, path: str = "") -> None:
         """Brevo's 429: ``too_many_requests`` and ``x-sib-ratelimit-reset`` in seconds."""
         resp = error(429, "too_many_requests", "The expected rate limit is exceeded.")
-        resp.headers = {
+        limits = {
             "x-sib-ratelimit-limit": "10",
             "x-sib-ratelimit-remaining": "0",
             "x-sib-ratelimit-reset": str(reset_in),
         }
-        self.inject(Fault(resp, times=times, path=path))
+        self.fail_next(resp, times, path, limits)
 
     # --- contract ----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Any) -> None:

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 MAX_MEMBERS = 10_000
 MAX_IDENTIFIERS = 10
@@ -67,18 +67,12 @@ class GoogleServer(ContractServer):
         self.route("POST", r"/v1/audienceMembers:remove", self._remove)
         self.route("GET", r"/v1/requestStatus:retrieve", self._status)
 
-    def reset(self) -> None:
-        """Forget all state, recordings, counters and pending faults (one server can serve many tests)."""
-        with self.lock:
-            self.recorded.clear()
-            self.faults.clear()
-            self.added.clear()
-            self.removed.clear()
-            self.token, user_lists = self._defaults
-            self.lists: dict[str, dict[str, frozenset[str]]] = {ul: {} for ul in user_lists}  # list -> member -> ids
-            self.uploads: dict[str, Upload] = {}
-            self.processing_polls = 1  # requestStatus answers PROCESSING this many times before the final status
-            self.invalid_hashes: set[str] = set()
+    def reset_state(self) -> None:
+        self.token, user_lists = self._defaults
+        self.lists: dict[str, dict[str, frozenset[str]]] = {ul: {} for ul in user_lists}  # list -> member -> ids
+        self.uploads: dict[str, Upload] = {}
+        self.processing_polls = 1  # requestStatus answers PROCESSING this many times before the final status
+        self.invalid_hashes: set[str] = set()
 
     # --- test helpers -----------------------------------------------------------------------
     def members(self, user_list: str) -> set[frozenset[str]]:
@@ -101,11 +95,11 @@ class GoogleServer(ContractServer):
         if retry_delay is not None:
             details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
         body = rpc_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded for the Data Manager API; retry later.", details)
-        self.inject(Fault(Response(429, body), times=times, path=path))
+        self.fail_next(Response(429, body), times, path)
 
     def server_errors(self, times: int = 1, status: int = 500, path: str = "") -> None:
         body = rpc_error(status, "INTERNAL" if status == 500 else "UNAVAILABLE", "Internal error encountered.")
-        self.inject(Fault(Response(status, body), times=times, path=path))
+        self.fail_next(Response(status, body), times, path)
 
     def bodies(self, path: str = "/v1/audienceMembers") -> list[dict[str, Any]]:
         return [r.request.json() for r in self.recorded if r.request.path.startswith(path) and r.request.body]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 MAX_IMPORT = 10_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
@@ -71,6 +71,7 @@ class Job:
 
 class KlaviyoServer(ContractServer):
     platform = "klaviyo"
+    # a client's base_url is the server's url (the real one is https://a.klaviyo.com)
 
     def __init__(self, api_key: str = "pk_0123456789abcdef0123456789abcdef01", poll_steps: int = 2) -> None:
         super().__init__()
@@ -94,19 +95,7 @@ class KlaviyoServer(ContractServer):
         self.route("POST", r"/api/lists/(?P<list>[^/]+)/relationships/profiles/?", self._add_to_list)
         self.route("DELETE", r"/api/lists/(?P<list>[^/]+)/relationships/profiles/?", self._remove_from_list)
 
-    def start(self) -> KlaviyoServer:
-        super().start()
-        assert self._httpd is not None
-        # headers and body leave in two writes: without TCP_NODELAY each answer waits out a delayed ACK (40 ms)
-        self._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return self
-
     # --- helpers for tests -------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        """What a client's ``base_url`` option points at (the real one is https://a.klaviyo.com)."""
-        return self.url
-
     def create_list(self, name: str) -> str:
         lst = KlaviyoList(self._new_id("L"), name)
         self.lists[lst.id] = lst
@@ -126,8 +115,7 @@ class KlaviyoServer(ContractServer):
             "Request was throttled.",
             f"Request was throttled. Expected available in {retry_after} second.",
         )
-        resp.headers = {"Retry-After": str(retry_after)}
-        self.inject(Fault(resp, times=times, path=path))
+        self.fail_next(resp, times, path, {"Retry-After": str(retry_after)})
 
     # --- contract ----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Any) -> None:

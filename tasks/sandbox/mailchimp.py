@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 MAX_MEMBERS = 500
 MAX_PAGE = 1000
@@ -83,6 +83,7 @@ class AudienceList:
 
 class MailchimpServer(ContractServer):
     platform = "mailchimp"
+    base_path = "/3.0"  # a client's base_url: {url}/3.0 (the real one is https://<dc>.api.mailchimp.com/3.0)
 
     def __init__(
         self,
@@ -104,19 +105,7 @@ class MailchimpServer(ContractServer):
         self.route("POST", p + "/segments", self._create_segment)
         self.route("POST", p + r"/segments/(?P<segment_id>\d+)", self._update_segment)
 
-    def start(self) -> MailchimpServer:
-        super().start()
-        assert self._httpd is not None
-        # headers and body leave in two writes: without TCP_NODELAY each answer waits out a delayed ACK (40 ms)
-        self._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return self
-
     # --- helpers for tests -------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        """What a client's ``base_url`` option points at (the real one is https://<dc>.api.mailchimp.com/3.0)."""
-        return f"{self.url}/3.0"
-
     @property
     def list_id(self) -> str:
         return next(iter(self.lists))
@@ -143,7 +132,7 @@ class MailchimpServer(ContractServer):
         resp = problem(
             429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous connections per API key."
         )
-        self.inject(Fault(resp, times=times, path=path))
+        self.fail_next(resp, times, path)
 
     # --- contract ----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Any) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 KEYS = ("EMAIL", "PHONE", "FN", "LN", "CT", "ST", "ZIP", "COUNTRY", "GEN", "DOBY", "DOBM", "DOBD", "FI")
 UNHASHED = ("EXTERN_ID", "MADID")
@@ -79,20 +79,14 @@ class MetaServer(ContractServer):
         self.route("DELETE", rf"{_VERSION}/(?P<audience>\d+)/users", self._users)
         self.route("POST", rf"{_VERSION}/(?P<audience>\d+)/usersreplace", self._users)
 
-    def reset(self) -> None:
-        """Forget all state, recordings, counters and pending faults (one server can serve many tests)."""
-        with self.lock:
-            self.recorded.clear()
-            self.faults.clear()
-            self.added.clear()
-            self.removed.clear()
-            self.access_token, self.session_timeout = self._defaults
-            self.auth_status = 400  # Graph answers a bad token with HTTP 400 (sometimes 401) and code 190
-            self.audiences: dict[str, set[str]] = {}
-            self.names: dict[str, str] = {}
-            self.sessions: dict[tuple[str, int], Session] = {}
-            self.invalid_hashes: set[str] = set()  # rows holding one of these count as num_invalid_entries
-            self._next_id = 23850000000000001
+    def reset_state(self) -> None:
+        self.access_token, self.session_timeout = self._defaults
+        self.auth_status = 400  # Graph answers a bad token with HTTP 400 (sometimes 401) and code 190
+        self.audiences: dict[str, set[str]] = {}
+        self.names: dict[str, str] = {}
+        self.sessions: dict[tuple[str, int], Session] = {}
+        self.invalid_hashes: set[str] = set()  # rows holding one of these count as num_invalid_entries
+        self._next_id = 23850000000000001
 
     # --- test helpers -----------------------------------------------------------------------
     def create_audience(self, name: str = "seeded", rows: list[dict[str, str]] | None = None) -> str:
@@ -123,13 +117,11 @@ class MetaServer(ContractServer):
         }
         body = graph_error_body(code, message, subcode)
         body["error"]["is_transient"] = True
-        self.inject(
-            Fault(Response(400, body, headers={"X-Business-Use-Case-Usage": json.dumps(usage)}), times=times, path=path)
-        )
+        self.fail_next(Response(400, body), times, path, {"X-Business-Use-Case-Usage": json.dumps(usage)})
 
     def server_errors(self, times: int = 1, status: int = 500, path: str = "") -> None:
         body = graph_error_body(2, "An unexpected error has occurred. Please retry your request later.")
-        self.inject(Fault(Response(status, body), times=times, path=path))
+        self.fail_next(Response(status, body), times, path)
 
     def expire_sessions(self) -> None:
         """Every open session times out (Meta: error 2650 / 1870158 on its next batch)."""

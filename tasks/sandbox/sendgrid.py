@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 MAX_CONTACTS = 30_000
 MAX_BYTES = 6 * 1024 * 1024
@@ -61,6 +61,7 @@ class Job:
 
 class SendGridServer(ContractServer):
     platform = "sendgrid"
+    # a client's base_url is the server's url (the real one is https://api.sendgrid.com)
 
     def __init__(
         self, api_key: str = "SG.sandbox-key.0123456789abcdefghijklmnopqrstuvwxyz", poll_steps: int = 2
@@ -86,19 +87,7 @@ class SendGridServer(ContractServer):
         self.route("DELETE", r"/v3/marketing/lists/(?P<list>[^/]+)/contacts", self._remove)
         self.route("GET", r"/v3/suppression/(?P<kind>unsubscribes|bounces|spam_reports)", self._suppressions)
 
-    def start(self) -> SendGridServer:
-        super().start()
-        assert self._httpd is not None
-        # headers and body leave in two writes: without TCP_NODELAY each answer waits out a delayed ACK (40 ms)
-        self._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-        return self
-
     # --- helpers for tests -------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        """What a client's ``base_url`` option points at (the real one is https://api.sendgrid.com)."""
-        return self.url
-
     def list_emails(self, list_id: str) -> set[str]:
         return {self.contacts[c]["email"] for c in self.lists[list_id].contacts}
 
@@ -112,12 +101,9 @@ class SendGridServer(ContractServer):
     def throttle(self, times: int = 1, reset_in: int = 1, path: str = "") -> None:
         """SendGrid's 429: ``too many requests`` and ``X-RateLimit-Reset`` as a unix time."""
         resp = errors(429, (None, "too many requests"))
-        resp.headers = {
-            "X-RateLimit-Limit": "600",
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(int(time.time()) + reset_in),
-        }
-        self.inject(Fault(resp, times=times, path=path))
+        reset = str(int(time.time()) + reset_in)
+        limits = {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+        self.fail_next(resp, times, path, limits)
 
     # --- contract ----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Any) -> None:

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -67,6 +67,7 @@ Handler = Callable[[Request, "re.Match[str]"], Response]
 
 class ContractServer:
     platform = "base"
+    base_path: ClassVar[str] = ""  # the API root under the server's URL (Brevo "/v3", Mailchimp "/3.0", ...)
 
     def __init__(self) -> None:
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
@@ -80,12 +81,13 @@ class ContractServer:
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
-    def start(self) -> ContractServer:
+    def start(self) -> Self:
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # small JSON answers would otherwise wait ~40 ms each
+            # headers and body leave in two writes: without TCP_NODELAY each answer waits out a delayed ACK (40 ms)
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass
@@ -106,7 +108,7 @@ class ContractServer:
             self._httpd.shutdown()
             self._httpd.server_close()
 
-    def __enter__(self) -> ContractServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -118,6 +120,24 @@ class ContractServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    @property
+    def base_url(self) -> str:
+        """What a client's ``base_url`` option points at: the server's URL and the platform's ``base_path``."""
+        return f"{self.url}{self.base_path}"
+
+    def reset(self) -> None:
+        """Forget all state, recordings, counters and pending faults (one server can serve many tests)."""
+        with self.lock:
+            self.recorded.clear()
+            self.faults.clear()
+            self.added.clear()
+            self.removed.clear()
+            self.reset_state()
+
+    def reset_state(self) -> None:
+        """Put the platform's own state back as a fresh server holds it (called by ``reset``)."""
+        raise NotImplementedError(f"the {self.platform} server cannot be reset: start a new one per test")
+
     # --- declaration helpers -----------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         self.routes.append((method, re.compile(f"^{pattern}$"), handler))
@@ -125,6 +145,14 @@ class ContractServer:
     def inject(self, *faults: Fault) -> None:
         with self.lock:
             self.faults.extend(faults)
+
+    def fail_next(
+        self, response: Response, times: int = 1, path: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        """The next ``times`` requests under ``path`` get ``response`` (plus ``headers``): a throttle or a 5xx."""
+        if headers:
+            response.headers = {**response.headers, **headers}
+        self.inject(Fault(response, times=times, path=path))
 
     def requests_to(self, method: str, path_prefix: str = "") -> list[Request]:
         return [

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from email.policy import HTTP
 from typing import Any
 
-from tasks.sandbox.server import ContractServer, Fault, Request, Response
+from tasks.sandbox.server import ContractServer, Request, Response
 
 PREFIX = r"/open_api/v1\.3"
 CALCULATE_TYPES = ("EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256", "FIRST_SHA256")
@@ -63,6 +63,7 @@ class Audience:
 
 class TikTokServer(ContractServer):
     platform = "tiktok"
+    base_path = "/open_api/v1.3"  # PREFIX, as a path
 
     def __init__(self, access_token: str = "tiktok-test-token", min_audience_size: int = MIN_AUDIENCE) -> None:
         super().__init__()
@@ -72,18 +73,12 @@ class TikTokServer(ContractServer):
         self.route("POST", rf"{PREFIX}/dmp/custom_audience/create/", self._create)
         self.route("POST", rf"{PREFIX}/dmp/custom_audience/update/", self._update)
 
-    def reset(self) -> None:
-        """Forget all state, recordings, counters and pending faults (one server can serve many tests)."""
-        with self.lock:
-            self.recorded.clear()
-            self.faults.clear()
-            self.added.clear()
-            self.removed.clear()
-            self.access_token, self.min_audience_size = self._defaults
-            self.expired_tokens: set[str] = set()
-            self.files: dict[str, UploadedFile] = {}
-            self.audiences: dict[str, Audience] = {}
-            self._next_id = 7_000_000_001
+    def reset_state(self) -> None:
+        self.access_token, self.min_audience_size = self._defaults
+        self.expired_tokens: set[str] = set()
+        self.files: dict[str, UploadedFile] = {}
+        self.audiences: dict[str, Audience] = {}
+        self._next_id = 7_000_000_001
 
     # --- test helpers -----------------------------------------------------------------------
     def seed_audience(
@@ -102,10 +97,10 @@ class TikTokServer(ContractServer):
     def throttle(self, times: int = 1, code: int = RATE_LIMITED, path: str = "") -> None:
         """The next ``times`` matching requests get TikTok's throttle: HTTP 200 with body code 40100/40132."""
         message = "Too many requests. Please retry in some time." if code == RATE_LIMITED else "QPS limit reached"
-        self.inject(Fault(Response(200, envelope(code, message)), times=times, path=path))
+        self.fail_next(Response(200, envelope(code, message)), times, path)
 
     def server_errors(self, times: int = 1, status: int = 500, path: str = "") -> None:
-        self.inject(Fault(Response(status, envelope(50000, "System error")), times=times, path=path))
+        self.fail_next(Response(status, envelope(50000, "System error")), times, path)
 
     def expire_token(self) -> None:
         self.expired_tokens.add(self.access_token)

@@ -23,10 +23,10 @@ def _esp_serve(server: Any, monkeypatch: pytest.MonkeyPatch, conn_id: str) -> It
     try:
         yield server
     finally:
-        _esp_stop(server)
+        _stop(server)
 
 
-def _esp_stop(server: Any) -> None:
+def _stop(server: Any) -> None:
     """``server.stop()`` without waiting out serve_forever's 0.5 s poll: wake its select with a connection."""
     stopper = threading.Thread(target=server.stop)
     stopper.start()
@@ -98,3 +98,41 @@ def esp_members() -> Callable[..., pd.DataFrame]:
 def esp_sleeps() -> list[float]:
     """A list a test hands to ``client.sleep = esp_sleeps.append``: every wait the client asked for."""
     return []
+
+
+# --- ad platforms (Meta, Google, TikTok) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One contract server per test module, from the module's ``make_server()`` (starting one per test is slow)."""
+    server = request.module.make_server()
+    server.start()
+    yield server
+    _stop(server)
+
+
+@pytest.fixture
+def contract_server(live_server: Any) -> Any:
+    """The module's server, reset before every test."""
+    live_server.reset()
+    return live_server
+
+
+@pytest.fixture
+def platform_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Any, list[float]]]]:
+    """``platform_client(cls, conn_id, token, options)``: a client whose connection holds ``token``, and the list
+    its HttpClient's retry waits go to; closed after the test."""
+    made: list[Any] = []
+
+    def make(cls: Any, conn_id: str, token: str, options: dict[str, Any]) -> tuple[Any, list[float]]:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"password": token}))
+        client = cls(conn_id, cls.Options.model_validate({"connection": conn_id} | options))
+        sleeps: list[float] = []
+        client.http.sleep = sleeps.append
+        made.append(client)
+        return client, sleeps
+
+    yield make
+    for client in made:
+        client.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,44 +73,35 @@ def refs_frame(accepted: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({"customer_key": list(accepted), "remote_ref": list(accepted.values())})
 
 
-@pytest.fixture(scope="module")
-def google_live_server() -> Iterator[GoogleServer]:
-    server = GoogleServer(token=TOKEN, user_lists=(LIST_ID,))
-    server.start()
-    yield server
-    server.stop()
+def make_server() -> GoogleServer:
+    return GoogleServer(token=TOKEN, user_lists=(LIST_ID,))
 
 
 @pytest.fixture
-def google_server(google_live_server: GoogleServer) -> GoogleServer:
-    google_live_server.reset()
-    return google_live_server
+def google_server(contract_server: GoogleServer) -> GoogleServer:
+    return contract_server
 
 
 @pytest.fixture
-def google_client(google_server: GoogleServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleClientFactory]:
-    made: list[GoogleCustomerMatch] = []
-
+def google_client(google_server: GoogleServer, platform_client: Callable[..., Any]) -> GoogleClientFactory:
     def make(token: str = TOKEN, **options: Any) -> tuple[GoogleCustomerMatch, list[float]]:
-        monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_TEST", json.dumps({"password": token}))
-        base = {
-            "connection": "google_test",
-            "operating_account_id": "123-456-7890",
-            "user_list_id": LIST_ID,
-            "base_url": google_server.url,
-            "poll_interval": 0.01,
-            "poll_timeout": 5.0,
-            "retry": FAST,
-        }
-        client = GoogleCustomerMatch("google_test", GoogleOptions.model_validate(base | options))
-        sleeps: list[float] = []
-        client.http.sleep = sleeps.append
-        made.append(client)
+        client, sleeps = platform_client(
+            GoogleCustomerMatch,
+            "google_test",
+            token,
+            {
+                "operating_account_id": "123-456-7890",
+                "user_list_id": LIST_ID,
+                "base_url": google_server.url,
+                "poll_interval": 0.01,
+                "poll_timeout": 5.0,
+                "retry": FAST,
+            }
+            | options,
+        )
         return client, sleeps
 
-    yield make
-    for client in made:
-        client.close()
+    return make
 
 
 def test_google_add_poll_remove_keeps_list_state(
@@ -333,3 +324,14 @@ def test_google_is_registered(google_server: GoogleServer, monkeypatch: pytest.M
     client = DESTINATIONS.build("google", "google_customer_match", options, Path("destinations.yaml"))
     assert isinstance(client, GoogleCustomerMatch) and client.capabilities.max_batch == 10_000
     client.close()
+
+
+def test_google_reads_the_token_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_GOOGLE_NONE", raising=False)
+    options = GoogleOptions.model_validate(
+        {"connection": "google_none", "operating_account_id": "1", "user_list_id": "9"}
+    )
+    client = GoogleCustomerMatch("g", options)
+    client.close()  # built and closed without a credential
+    with pytest.raises(DestinationAuthError, match="google_none"):
+        client.remove("9", pd.DataFrame({"customer_key": ["K"], "remote_ref": ['{"emailAddress":"x"}']}), ref("remove"))

@@ -151,7 +151,7 @@ def test_credentials_are_read_lazily_and_auth_failure_names_the_connection(
 
 def test_data_centre_comes_from_the_key_suffix(mailchimp_server: MailchimpServer) -> None:
     mc = Mailchimp("m", Mailchimp.Options(connection="mailchimp_test", list_id="x"))
-    assert str(mc._client()._client.base_url).rstrip("/") == "https://us21.api.mailchimp.com/3.0"
+    assert str(mc.http._client.base_url).rstrip("/") == "https://us21.api.mailchimp.com/3.0"
     mc.close()
 
 

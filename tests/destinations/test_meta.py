@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -70,40 +70,27 @@ def refs_frame(accepted: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({"customer_key": list(accepted), "remote_ref": list(accepted.values())})
 
 
-@pytest.fixture(scope="module")
-def meta_live_server() -> Iterator[MetaServer]:
-    """One server per module (stopping one waits out its 0.5 s poll), reset before every test."""
-    server = MetaServer(access_token=TOKEN)
-    server.start()
-    yield server
-    server.stop()
+def make_server() -> MetaServer:
+    return MetaServer(access_token=TOKEN)
 
 
 @pytest.fixture
-def meta_server(meta_live_server: MetaServer) -> MetaServer:
-    meta_live_server.reset()
-    return meta_live_server
+def meta_server(contract_server: MetaServer) -> MetaServer:
+    return contract_server
 
 
 @pytest.fixture
-def meta_client(meta_server: MetaServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MetaClientFactory]:
-    made: list[MetaCustomAudience] = []
-
+def meta_client(meta_server: MetaServer, platform_client: Callable[..., Any]) -> MetaClientFactory:
     def make(token: str = TOKEN, **options: Any) -> tuple[MetaCustomAudience, list[float]]:
-        monkeypatch.setenv("AIRFLOW_CONN_META_TEST", json.dumps({"password": token}))
-        opts = MetaOptions.model_validate(
-            {"connection": "meta_test", "ad_account_id": "act_1234", "base_url": meta_server.url, "retry": FAST}
-            | options
+        client, sleeps = platform_client(
+            MetaCustomAudience,
+            "meta_test",
+            token,
+            {"ad_account_id": "act_1234", "base_url": meta_server.url, "retry": FAST} | options,
         )
-        client = MetaCustomAudience("meta_test", opts)
-        sleeps: list[float] = []
-        client.http.sleep = sleeps.append
-        made.append(client)
         return client, sleeps
 
-    yield make
-    for client in made:
-        client.close()
+    return make
 
 
 def sessions(server: MetaServer, path_suffix: str = "/users") -> list[dict[str, Any]]:
@@ -356,3 +343,11 @@ def test_meta_is_registered_with_schema_option(meta_server: MetaServer, monkeypa
     assert client.options.keys == ["EMAIL", "PHONE"] and client.wants_replace
     assert client.capabilities.max_batch == 10_000 and client.capabilities.supports_replace
     client.close()
+
+
+def test_meta_reads_the_token_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_META_NONE", raising=False)
+    client = MetaCustomAudience("m", MetaOptions.model_validate({"connection": "meta_none", "ad_account_id": "1"}))
+    client.close()  # built and closed without a credential
+    with pytest.raises(DestinationAuthError, match="meta_none"):
+        client.ensure_audience("vip", "VIP", None)

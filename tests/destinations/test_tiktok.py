@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,41 +65,27 @@ def ref(op: str, seq: int = 1, batches: int = 1, total: int = 10) -> BatchRef:
     return BatchRef(plan_id="plan-t", operation=op, seq=seq, batches=batches, estimated_total=total)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def tiktok_live_server() -> Iterator[TikTokServer]:
-    server = TikTokServer(access_token=TOKEN)
-    server.start()
-    yield server
-    server.stop()
+def make_server() -> TikTokServer:
+    return TikTokServer(access_token=TOKEN)
 
 
 @pytest.fixture
-def tiktok_server(tiktok_live_server: TikTokServer) -> TikTokServer:
-    tiktok_live_server.reset()
-    return tiktok_live_server
+def tiktok_server(contract_server: TikTokServer) -> TikTokServer:
+    return contract_server
 
 
 @pytest.fixture
-def tiktok_client(tiktok_server: TikTokServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[TikTokClientFactory]:
-    made: list[TikTokCustomerFile] = []
-
+def tiktok_client(tiktok_server: TikTokServer, platform_client: Callable[..., Any]) -> TikTokClientFactory:
     def make(token: str = TOKEN, **options: Any) -> tuple[TikTokCustomerFile, list[float]]:
-        monkeypatch.setenv("AIRFLOW_CONN_TIKTOK_TEST", json.dumps({"password": token}))
-        base = {
-            "connection": "tiktok_test",
-            "advertiser_id": ADVERTISER,
-            "base_url": f"{tiktok_server.url}/open_api/v1.3",
-            "retry": FAST,
-        }
-        client = TikTokCustomerFile("tiktok_test", TikTokOptions.model_validate(base | options))
-        sleeps: list[float] = []
-        client.http.sleep = sleeps.append
-        made.append(client)
+        client, sleeps = platform_client(
+            TikTokCustomerFile,
+            "tiktok_test",
+            token,
+            {"advertiser_id": ADVERTISER, "base_url": tiktok_server.base_url, "retry": FAST} | options,
+        )
         return client, sleeps
 
-    yield make
-    for client in made:
-        client.close()
+    return make
 
 
 def seeded(server: TikTokServer, n: int = 1_000, calculate_type: str = "EMAIL_SHA256") -> str:
@@ -296,3 +282,11 @@ def test_tiktok_is_registered(tiktok_server: TikTokServer, monkeypatch: pytest.M
     client = DESTINATIONS.build("tiktok", "tiktok_customer_file", options, Path("destinations.yaml"))
     assert isinstance(client, TikTokCustomerFile) and client.capabilities.max_batch == 50_000
     client.close()
+
+
+def test_tiktok_reads_the_token_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_TIKTOK_NONE", raising=False)
+    client = TikTokCustomerFile("t", TikTokOptions.model_validate({"connection": "tiktok_none", "advertiser_id": "1"}))
+    client.close()  # built and closed without a credential
+    with pytest.raises(DestinationAuthError, match="tiktok_none"):
+        client.ensure_audience("vip", "VIP", None)
