@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 export UV_LINK_MODE := copy
 
-.PHONY: demo test install install-dev lint bench bench-segments bench-segments-l clean
+.PHONY: demo test install install-dev lint bench bench-segments bench-segments-l test-topology clean
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found; install python3.11 (with venv and pip) and retry" >&2; exit 1; }
@@ -37,6 +37,12 @@ bench: install-dev
 	$(VENV)/bin/python -m bench.segments_bench --size S
 	$(VENV)/bin/python -m bench.sync_bench
 	$(VENV)/bin/python -m bench.hashing_bench
+	$(VENV)/bin/python -m bench.dag_parse
+
+# The docker-compose topology without Docker (PostgreSQL + Redis + scheduler, DAG processor,
+# API server and a Celery worker as processes); also part of `make test`.
+test-topology: install-dev
+	$(VENV)/bin/pytest tests/integration/test_celery_topology.py -s
 
 # Segment engine (issue 4): features vs pandas and a hand-written DuckDB floor, segments, membership diff.
 # Data is generated once per size under var/bench/data/<size>/ (M is about 1.3 GB, L about 7 GB).

@@ -75,7 +75,9 @@ def ingest_dag(ingestion: topology.Ingestion) -> Any:
             from tasks import pipeline
 
             assert data_interval_end is not None
-            scheduled = str(getattr(dag_run, "run_type", "")).endswith("scheduled")
+            # Scheduled and backfilled runs fire on the schedule's tick after the day they close.
+            run_type = str(getattr(dag_run, "run_type", "")).lower()
+            scheduled = run_type.endswith(("scheduled", "backfill", "backfill_job"))
             return pipeline.run_date_for(data_interval_end, schedule_timezone=TIMEZONE, scheduled=scheduled)
 
         @task

@@ -26,7 +26,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -47,12 +47,16 @@ LABELS: dict[str, str] = {
     "audience_size_moved": "Audience size moved",
     "data_quality_warning": "Data-quality warning",
 }
-Facts = Mapping[str, str | int | float]
 
 _ADDRESS = r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$"
-# Dates and timestamps (run ids, log links) look like phone numbers to ``redact``; they are set
-# aside before it runs and put back after.
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+# UUIDs, sync plan ids (2026-11-24-<hex>), dates, timestamps (run ids, log links) and IPv4 addresses
+# can look like phone numbers to ``redact``; they are set aside before it runs and put back after.
+_KEEP = re.compile(
+    r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+    r"|\b\d{4}-\d{2}-\d{2}-[0-9a-f]{6,32}\b"
+    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?::\d{1,5})?(?![\d.])"
+)
 _HOLE = "\x00{}\x00"
 TEXT_LIMIT = 500
 
@@ -119,7 +123,7 @@ def config_path() -> Path:
 
 
 def load_config(path: Path | None = None) -> AlertsConfig:
-    """config/alerts.yaml; a config folder without one sends no alerts (and says so once per call)."""
+    """config/alerts.yaml; a config folder without one sends no alerts (a warning says so)."""
     path = path or config_path()
     if not path.is_file():
         log.warning("no %s: alerts are off", path)
@@ -140,7 +144,7 @@ def scrub(text: str, limit: int = TEXT_LIMIT) -> str:
 
     from tasks.destinations.http import redact
 
-    held = _TIMESTAMP.sub(hold, str(text))
+    held = _KEEP.sub(hold, str(text))
     cleaned = redact(held, limit=max(limit, len(held)) * 2)
     for i, original in enumerate(kept):
         cleaned = cleaned.replace(_HOLE.format(i), original)
@@ -158,11 +162,13 @@ def scrub_value(value: str | int | float) -> str:
 
 
 def safe_link(link: str | None) -> str | None:
-    """The link as given, unless it (decoded) carries personal data: then no link at all."""
+    """The link as given, unless its path, query or fragment (decoded) carry personal data, or it
+    has user info (``user@host``): then no link at all. The host and port are not phone numbers."""
     if not link:
         return None
-    decoded = unquote(link)
-    if scrub(decoded, limit=len(decoded) + 1) != decoded:
+    parts = urlsplit(link)
+    decoded = unquote(urlunsplit(("", "", parts.path, parts.query, parts.fragment)))
+    if "@" in parts.netloc or scrub(decoded, limit=len(decoded) + 1) != decoded:
         log.warning("alert link dropped: it contained an e-mail address or phone number")
         return None
     return link

@@ -25,8 +25,13 @@ def _label(context: Any) -> tuple[str, tuple[str, int]]:
 def _say(text: str) -> None:
     # The process's real stdout: inside a task Airflow may point sys.stdout at the task log.
     stream = sys.__stdout__ or sys.stdout
-    stream.write(f"  {time.strftime('%H:%M:%S')} {text}\n")
-    stream.flush()
+    if stream is None or stream.closed:  # a Celery worker's task process has no terminal
+        return
+    try:
+        stream.write(f"  {time.strftime('%H:%M:%S')} {text}\n")
+        stream.flush()
+    except (ValueError, OSError):
+        pass
 
 
 def on_start(context: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -84,7 +85,10 @@ class AppConfig:
 
     @cached_property
     def pipeline(self) -> PipelineConfig:
-        return load_model(self.directory / "pipeline.yaml", PipelineConfig)
+        """pipeline.yaml, with ``AUDIENCES_LAKE`` (e.g. s3://lake/audiences in docker-compose) overriding lake_root."""
+        cfg = load_model(self.directory / "pipeline.yaml", PipelineConfig)
+        lake = os.environ.get("AUDIENCES_LAKE", "").strip()
+        return cfg.model_copy(update={"lake_root": lake}) if lake else cfg
 
     @cached_property
     def sources(self) -> SourcesConfig:

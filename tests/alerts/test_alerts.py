@@ -296,3 +296,25 @@ def test_config_errors_name_the_file_and_key(home: Path) -> None:
 def test_unknown_kind_is_refused(home: Path) -> None:
     with pytest.raises(ValueError, match="unknown alert kind"):
         send_alert("disk_full", "x", {}, config=AlertsConfig())  # type: ignore[arg-type]
+
+
+def test_hosts_ids_and_dates_are_not_mistaken_for_phones(home: Path, inbox: Inbox, webhook: Webhook) -> None:
+    link = "http://10.0.0.12:8080/dags/customer_segments/runs/manual__2026-11-25T14%3A30%3A06.625622%2B00%3A00"
+    send_alert(
+        "task_failed",
+        "worker 10.0.0.12:8793 timed out",
+        {
+            "run": "manual__2026-11-25T14:30:06.625622+00:00",
+            "plan": "2026-11-24-123456789abc",
+            "task instance": "01a2131d-2370-7104-1234-123456789012",
+            "dotted phone": "84.912.345.678",
+        },
+        link=link,
+    )
+    _, body = body_of(inbox)
+    assert "worker 10.0.0.12:8793 timed out" in body
+    assert "• run: manual__2026-11-25T14:30:06.625622+00:00" in body
+    assert "• plan: 2026-11-24-123456789abc" in body  # `audiences approve <plan>` must stay usable
+    assert "• task instance: 01a2131d-2370-7104-1234-123456789012" in body
+    assert "• dotted phone: <phone>" in body
+    assert link in body
