@@ -51,12 +51,22 @@ CHANGED_SHARE = 0.05
 TARGETS = {"speedup_vs_pandas": 4.0, "over_floor": 1.5, "peak_mib": 3 * 1024, "segments_s": 5.0, "segments_n": 50}
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
     """Current resident set, to tell the stage's own memory from the interpreter and its imports."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _peak_mib() -> float:
+    """This process's peak resident set since it started its program (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries that over exec from the forking parent, so a stage spawned by a
+    parent that had just generated the data reported the parent's peak (1.6 GiB at size S) as its own.
+    """
+    peak = _rss_mib("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -316,7 +326,7 @@ def child(variant: str, data: Path, work: Path) -> None:
     result = RUNNERS[variant](data, work)
     result |= {
         "variant": variant,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": _peak_mib(),
         "baseline_rss_mib": baseline,
     }
     print(json.dumps(result))

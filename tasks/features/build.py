@@ -15,9 +15,13 @@ date.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pandas as pd
@@ -126,8 +130,7 @@ WITH p AS (
 ),
 o AS (
     SELECT km.customer_key, o.order_id, o.store_id, o.channel, o.ordered_at, o.total_vnd, o.discount_vnd,
-           coalesce(trim(o.voucher_code), '') <> '' AS has_voucher,
-           CAST(timezone($tz, o.ordered_at) AS DATE) AS order_day
+           coalesce(trim(o.voucher_code), '') <> '' AS has_voucher
     FROM in_orders o JOIN in_keymap km ON km.customer_id = o.customer_id
     WHERE o.ordered_at < $as_of
 ),
@@ -138,18 +141,18 @@ agg AS (
            avg(total_vnd) AS avg_order_value,
            min(ordered_at) AS first_purchase_at,
            max(ordered_at) AS last_purchase_at,
-           date_diff('day', max(order_day), $run_date) AS recency_days,
-           count(*) FILTER (WHERE order_day > $run_date - 7) AS orders_last_7d,
-           count(*) FILTER (WHERE order_day > $run_date - 30) AS orders_last_30d,
-           count(*) FILTER (WHERE order_day > $run_date - 90) AS orders_last_90d,
-           count(*) FILTER (WHERE order_day > $run_date - 365) AS orders_last_365d,
-           coalesce(sum(total_vnd) FILTER (WHERE order_day > $run_date - 7), 0) AS spend_last_7d,
-           coalesce(sum(total_vnd) FILTER (WHERE order_day > $run_date - 30), 0) AS spend_last_30d,
-           coalesce(sum(total_vnd) FILTER (WHERE order_day > $run_date - 90), 0) AS spend_last_90d,
-           coalesce(sum(total_vnd) FILTER (WHERE order_day > $run_date - 365), 0) AS spend_last_365d,
-           count(*) FILTER (WHERE has_voucher AND order_day > $run_date - 30) AS vouchers_used_30d,
-           count(*) FILTER (WHERE has_voucher AND order_day > $run_date - 90) AS vouchers_used_90d,
-           count(*) FILTER (WHERE has_voucher AND order_day > $run_date - 365) AS vouchers_used_365d,
+           date_diff('day', LAST_DAY(ordered_at), $run_date) AS recency_days,
+           count(*) FILTER (WHERE IN_LAST(7, ordered_at)) AS orders_last_7d,
+           count(*) FILTER (WHERE IN_LAST(30, ordered_at)) AS orders_last_30d,
+           count(*) FILTER (WHERE IN_LAST(90, ordered_at)) AS orders_last_90d,
+           count(*) FILTER (WHERE IN_LAST(365, ordered_at)) AS orders_last_365d,
+           coalesce(sum(total_vnd) FILTER (WHERE IN_LAST(7, ordered_at)), 0) AS spend_last_7d,
+           coalesce(sum(total_vnd) FILTER (WHERE IN_LAST(30, ordered_at)), 0) AS spend_last_30d,
+           coalesce(sum(total_vnd) FILTER (WHERE IN_LAST(90, ordered_at)), 0) AS spend_last_90d,
+           coalesce(sum(total_vnd) FILTER (WHERE IN_LAST(365, ordered_at)), 0) AS spend_last_365d,
+           count(*) FILTER (WHERE has_voucher AND IN_LAST(30, ordered_at)) AS vouchers_used_30d,
+           count(*) FILTER (WHERE has_voucher AND IN_LAST(90, ordered_at)) AS vouchers_used_90d,
+           count(*) FILTER (WHERE has_voucher AND IN_LAST(365, ordered_at)) AS vouchers_used_365d,
            avg(CASE WHEN discount_vnd > 0 THEN 1.0 ELSE 0.0 END) AS discount_share
     FROM o GROUP BY customer_key
 ),
@@ -161,109 +164,163 @@ rfm AS (
            ntile(5) OVER (ORDER BY monetary_total, customer_key) AS m_score
     FROM agg
 ),
+oc AS (
+    -- Orders per customer, store and channel: both preferences below count from this one pass. Counted
+    -- per loyalty id and then mapped to customer keys (the sums below add up whichever ids a key merges),
+    -- so the keymap join sees far fewer rows and ``o`` has one reader, which DuckDB need not materialise.
+    SELECT km.customer_key, c.store_id, c.channel, c.n
+    FROM (
+        SELECT customer_id, store_id, channel, count(*) AS n FROM in_orders
+        WHERE ordered_at < $as_of GROUP BY customer_id, store_id, channel
+    ) c JOIN in_keymap km ON km.customer_id = c.customer_id
+),
 store_pref AS (
     SELECT customer_key, store_id AS preferred_store FROM (
         SELECT customer_key, store_id,
-               row_number() OVER (PARTITION BY customer_key ORDER BY count(*) DESC, store_id) AS rn
-        FROM o GROUP BY customer_key, store_id) WHERE rn = 1
+               row_number() OVER (PARTITION BY customer_key ORDER BY sum(n) DESC, store_id) AS rn
+        FROM oc GROUP BY customer_key, store_id) WHERE rn = 1
 ),
 channel_pref AS (
     SELECT customer_key, channel AS preferred_channel FROM (
         SELECT customer_key, channel,
-               row_number() OVER (PARTITION BY customer_key ORDER BY count(*) DESC, channel) AS rn
-        FROM o GROUP BY customer_key, channel) WHERE rn = 1
+               row_number() OVER (PARTITION BY customer_key ORDER BY sum(n) DESC, channel) AS rn
+        FROM oc GROUP BY customer_key, channel) WHERE rn = 1
 ),
-pl AS (
-    SELECT customer_key, product_id, category, CAST(timezone($tz, ordered_at) AS DATE) AS order_day
+pl AS NOT MATERIALIZED (
+    -- Only the last 365 days matter (the widest window of the lists below). Its two readers each scan
+    -- the files with their own window pushed down, cheaper than materialising the lines.
+    SELECT customer_key, product_id, category, ordered_at
     FROM in_purchases
-    WHERE customer_key IS NOT NULL AND ordered_at < $as_of
+    WHERE customer_key IS NOT NULL AND ordered_at < $as_of AND IN_LAST(365, ordered_at)
+),
+cats AS (
+    -- One row per customer and category, so the lists aggregate distinct values without DISTINCT.
+    SELECT customer_key, category,
+           bool_or(IN_LAST(30, ordered_at)) AS in_30d,
+           bool_or(IN_LAST(90, ordered_at)) AS in_90d
+    FROM pl GROUP BY customer_key, category
+),
+prods AS (
+    -- Products bought in the last 30 days, one row each: products_last_30d and viewed_not_bought_30d.
+    SELECT DISTINCT customer_key, product_id FROM pl WHERE IN_LAST(30, ordered_at)
 ),
 bought AS (
     SELECT customer_key,
-           string_agg(DISTINCT category, ',' ORDER BY category)
-               FILTER (WHERE order_day > $run_date - 30) AS categories_last_30d,
-           string_agg(DISTINCT category, ',' ORDER BY category)
-               FILTER (WHERE order_day > $run_date - 90) AS categories_last_90d,
-           string_agg(DISTINCT category, ',' ORDER BY category)
-               FILTER (WHERE order_day > $run_date - 365) AS categories_last_365d,
-           string_agg(DISTINCT product_id, ',' ORDER BY product_id)
-               FILTER (WHERE order_day > $run_date - 30) AS products_last_30d
-    FROM pl GROUP BY customer_key
+           -- sorted lists joined: what string_agg(..., ',' ORDER BY ...) gives, without its per-group sort
+           array_to_string(list_sort(list(category) FILTER (WHERE in_30d)), ',') AS categories_last_30d,
+           array_to_string(list_sort(list(category) FILTER (WHERE in_90d)), ',') AS categories_last_90d,
+           array_to_string(list_sort(list(category)), ',') AS categories_last_365d
+    FROM cats WHERE category IS NOT NULL GROUP BY customer_key
 ),
-w AS (
-    SELECT km.customer_key, e.event_name, e.session_id, e.device_category, e.browser, e.traffic_source, e.event_at,
-           e.page_location, e.item_ids, CAST(timezone($tz, e.event_at) AS DATE) AS event_day
-    FROM in_web_events e JOIN in_keymap km ON km.customer_id = e.user_id
-    WHERE e.event_at < $as_of
+bought_products AS (
+    SELECT customer_key, array_to_string(list_sort(list(product_id)), ',') AS products_last_30d
+    FROM prods WHERE product_id IS NOT NULL GROUP BY customer_key
+),
+w AS NOT MATERIALIZED (
+    -- Logged-in events (the keymap join drops the rest). Read by two consumers that each need few of its
+    -- rows or columns: cheaper than materialising it.
+    SELECT user_id, event_name, session_id, device_category, browser, traffic_source, event_at, page_location, item_ids
+    FROM in_web_events
+    WHERE event_at < $as_of AND user_id IS NOT NULL
+),
+wu AS (
+    -- One pass over the events: partial aggregates per user, session, device and browser (about one row
+    -- per session), from which every web feature below is combined. Grouped by the loyalty id and mapped
+    -- to customer keys afterwards, so the keymap join sees sessions instead of events; every combination
+    -- below (sums, distinct sessions, latest, earliest) gives the same whichever ids a key merges.
+    SELECT user_id, session_id, device_category, browser,
+           count(*) AS events,
+           bool_or(IN_LAST(7, event_at)) AS in_7d,
+           bool_or(IN_LAST(30, event_at)) AS in_30d,
+           bool_or(IN_LAST(90, event_at)) AS in_90d,
+           count(*) FILTER (WHERE event_name = 'page_view' AND IN_LAST(7, event_at)) AS page_views_7d,
+           count(*) FILTER (WHERE event_name = 'page_view' AND IN_LAST(30, event_at)) AS page_views_30d,
+           count(*) FILTER (WHERE event_name = 'page_view' AND IN_LAST(90, event_at)) AS page_views_90d,
+           count(*) FILTER (WHERE event_name = 'view_item' AND IN_LAST(7, event_at)) AS product_views_7d,
+           count(*) FILTER (WHERE event_name = 'view_item' AND IN_LAST(30, event_at)) AS product_views_30d,
+           count(*) FILTER (WHERE event_name = 'view_item' AND IN_LAST(90, event_at)) AS product_views_90d,
+           count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(7, event_at)) AS add_to_cart_7d,
+           count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(30, event_at)) AS add_to_cart_30d,
+           count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(90, event_at)) AS add_to_cart_90d,
+           -- arg_max skips empty sources: the instant of the latest event that has one goes with it
+           arg_max(traffic_source, event_at) AS traffic_source,
+           max(event_at) FILTER (WHERE traffic_source IS NOT NULL) AS traffic_source_at,
+           min(struct_pack(t := event_at, u := page_location))
+               FILTER (WHERE event_name = 'page_view' AND page_location IS NOT NULL) AS first_page
+    FROM w GROUP BY user_id, session_id, device_category, browser
+),
+ws AS (
+    SELECT km.customer_key, wu.* EXCLUDE (user_id) FROM wu JOIN in_keymap km ON km.customer_id = wu.user_id
 ),
 web AS (
     SELECT customer_key,
-           count(DISTINCT session_id) FILTER (WHERE event_day > $run_date - 7) AS web_sessions_7d,
-           count(DISTINCT session_id) FILTER (WHERE event_day > $run_date - 30) AS web_sessions_30d,
-           count(DISTINCT session_id) FILTER (WHERE event_day > $run_date - 90) AS web_sessions_90d,
-           count(*) FILTER (WHERE event_name = 'page_view' AND event_day > $run_date - 7) AS page_views_7d,
-           count(*) FILTER (WHERE event_name = 'page_view' AND event_day > $run_date - 30) AS page_views_30d,
-           count(*) FILTER (WHERE event_name = 'page_view' AND event_day > $run_date - 90) AS page_views_90d,
-           count(*) FILTER (WHERE event_name = 'view_item' AND event_day > $run_date - 7) AS product_views_7d,
-           count(*) FILTER (WHERE event_name = 'view_item' AND event_day > $run_date - 30) AS product_views_30d,
-           count(*) FILTER (WHERE event_name = 'view_item' AND event_day > $run_date - 90) AS product_views_90d,
-           count(*) FILTER (WHERE event_name = 'add_to_cart' AND event_day > $run_date - 7) AS add_to_cart_7d,
-           count(*) FILTER (WHERE event_name = 'add_to_cart' AND event_day > $run_date - 30) AS add_to_cart_30d,
-           count(*) FILTER (WHERE event_name = 'add_to_cart' AND event_day > $run_date - 90) AS add_to_cart_90d,
-           arg_max(traffic_source, event_at) AS traffic_source
-    FROM w GROUP BY customer_key
+           count(DISTINCT session_id) FILTER (WHERE in_7d) AS web_sessions_7d,
+           count(DISTINCT session_id) FILTER (WHERE in_30d) AS web_sessions_30d,
+           count(DISTINCT session_id) FILTER (WHERE in_90d) AS web_sessions_90d,
+           sum(page_views_7d) AS page_views_7d,
+           sum(page_views_30d) AS page_views_30d,
+           sum(page_views_90d) AS page_views_90d,
+           sum(product_views_7d) AS product_views_7d,
+           sum(product_views_30d) AS product_views_30d,
+           sum(product_views_90d) AS product_views_90d,
+           sum(add_to_cart_7d) AS add_to_cart_7d,
+           sum(add_to_cart_30d) AS add_to_cart_30d,
+           sum(add_to_cart_90d) AS add_to_cart_90d,
+           arg_max(traffic_source, traffic_source_at) AS traffic_source,
+           -- the earliest (instant, page) pair, as arg_min(page, (instant, page)) over the events gives
+           min(first_page).u AS first_page
+    FROM ws GROUP BY customer_key
 ),
 device_pref AS (
     SELECT customer_key, device_category FROM (
         SELECT customer_key, device_category,
-               row_number() OVER (PARTITION BY customer_key ORDER BY count(*) DESC, device_category) AS rn
-        FROM w WHERE device_category IS NOT NULL GROUP BY customer_key, device_category) WHERE rn = 1
+               row_number() OVER (PARTITION BY customer_key ORDER BY sum(events) DESC, device_category) AS rn
+        FROM ws WHERE device_category IS NOT NULL GROUP BY customer_key, device_category) WHERE rn = 1
 ),
 browser_pref AS (
     SELECT customer_key, browser FROM (
         SELECT customer_key, browser,
-               row_number() OVER (PARTITION BY customer_key ORDER BY count(*) DESC, browser) AS rn
-        FROM w WHERE browser IS NOT NULL GROUP BY customer_key, browser) WHERE rn = 1
-),
-first_page AS (
-    SELECT customer_key, arg_min(page_location, struct_pack(t := event_at, u := page_location)) AS first_page
-    FROM w WHERE event_name = 'page_view' AND page_location IS NOT NULL
-    GROUP BY customer_key
+               row_number() OVER (PARTITION BY customer_key ORDER BY sum(events) DESC, browser) AS rn
+        FROM ws WHERE browser IS NOT NULL GROUP BY customer_key, browser) WHERE rn = 1
 ),
 viewed AS (
     SELECT DISTINCT customer_key, trim(item) AS product_id FROM (
-        SELECT customer_key, unnest(string_split(item_ids, ',')) AS item
-        FROM w WHERE event_name = 'view_item' AND event_day > $run_date - 30 AND item_ids IS NOT NULL)
+        SELECT km.customer_key, unnest(string_split(w.item_ids, ',')) AS item
+        FROM w JOIN in_keymap km ON km.customer_id = w.user_id
+        WHERE w.event_name = 'view_item' AND IN_LAST(30, event_at) AND w.item_ids IS NOT NULL)
     WHERE trim(item) <> ''
 ),
 viewed_not_bought AS (
     SELECT v.customer_key, count(*) AS viewed_not_bought_30d
     FROM viewed v
     WHERE NOT EXISTS (
-        SELECT 1 FROM pl
-        WHERE pl.customer_key = v.customer_key AND pl.product_id = v.product_id AND pl.order_day > $run_date - 30)
+        SELECT 1 FROM prods b WHERE b.customer_key = v.customer_key AND b.product_id = v.product_id)
     GROUP BY v.customer_key
 ),
 st AS (
     -- Stores open on the run date, so a backfill does not measure distance to a store opened later.
-    SELECT store_id, latitude, longitude FROM in_stores
+    -- cos(radians(latitude)) once per store and per customer below, not once per pair (same values).
+    SELECT store_id, latitude, longitude, cos(radians(latitude)) AS cos_lat FROM in_stores
     WHERE store_id IS NOT NULL AND latitude IS NOT NULL AND longitude IS NOT NULL
       AND (opened_on IS NULL OR opened_on <= $run_date)
 ),
+located AS (
+    SELECT customer_key, latitude, longitude, cos(radians(latitude)) AS cos_lat FROM p
+    WHERE latitude IS NOT NULL AND longitude IS NOT NULL
+),
 nearest AS (
-    -- arg_min over (distance, store id) instead of ranking the whole customer x store product
-    SELECT customer_key,
-           arg_min(store_id, struct_pack(d := km, s := store_id)) AS nearest_store,
-           min(km) AS distance_to_nearest_store_km
+    -- The least (distance, store id) pair, instead of ranking the whole customer x store product:
+    -- the nearest store, ties going to the smaller id, and its distance.
+    SELECT customer_key, nearest.s AS nearest_store, nearest.d AS distance_to_nearest_store_km
     FROM (
-        SELECT p.customer_key, st.store_id,
-               2 * $radius_km * asin(sqrt(least(1.0,
-                   power(sin(radians(st.latitude - p.latitude) / 2), 2)
-                   + cos(radians(p.latitude)) * cos(radians(st.latitude))
-                     * power(sin(radians(st.longitude - p.longitude) / 2), 2)))) AS km
-        FROM p CROSS JOIN st
-        WHERE p.latitude IS NOT NULL AND p.longitude IS NOT NULL)
-    GROUP BY customer_key
+        SELECT customer_key, min(struct_pack(d := km, s := store_id)) AS nearest
+        FROM (
+            SELECT c.customer_key, st.store_id,
+                   2 * $radius_km * asin(sqrt(least(1.0,
+                       power(sin(radians(st.latitude - c.latitude) / 2), 2)
+                       + c.cos_lat * st.cos_lat * power(sin(radians(st.longitude - c.longitude) / 2), 2)))) AS km
+            FROM located c CROSS JOIN st)
+        GROUP BY customer_key)
 ),
 surveys AS (
     SELECT km.customer_key,
@@ -317,7 +374,7 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(date_diff('day', p.member_since, $run_date) AS BIGINT) AS tenure_days,
        CAST(coalesce(a.orders_last_7d, 0) AS BIGINT) AS orders_last_7d,
        CAST(coalesce(a.spend_last_7d, 0) AS BIGINT) AS spend_last_7d,
-       b.categories_last_30d, b.categories_last_90d, b.categories_last_365d, b.products_last_30d,
+       b.categories_last_30d, b.categories_last_90d, b.categories_last_365d, bpr.products_last_30d,
        CAST(coalesce(a.vouchers_used_30d, 0) AS BIGINT) AS vouchers_used_30d,
        CAST(coalesce(a.vouchers_used_90d, 0) AS BIGINT) AS vouchers_used_90d,
        CAST(coalesce(a.vouchers_used_365d, 0) AS BIGINT) AS vouchers_used_365d,
@@ -331,7 +388,7 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(coalesce(web.add_to_cart_7d, 0) AS BIGINT) AS add_to_cart_7d,
        CAST(coalesce(web.add_to_cart_90d, 0) AS BIGINT) AS add_to_cart_90d,
        CAST(coalesce(vnb.viewed_not_bought_30d, 0) AS BIGINT) AS viewed_not_bought_30d,
-       bp.browser, fp.first_page,
+       bp.browser, web.first_page,
        CAST(r.r_score AS BIGINT) AS r_score,
        CAST(r.f_score AS BIGINT) AS f_score,
        CAST(r.m_score AS BIGINT) AS m_score,
@@ -343,15 +400,117 @@ LEFT JOIN rfm r USING (customer_key)
 LEFT JOIN store_pref sp USING (customer_key)
 LEFT JOIN channel_pref cp USING (customer_key)
 LEFT JOIN bought b USING (customer_key)
+LEFT JOIN bought_products bpr USING (customer_key)
 LEFT JOIN web USING (customer_key)
 LEFT JOIN device_pref dp USING (customer_key)
 LEFT JOIN browser_pref bp USING (customer_key)
-LEFT JOIN first_page fp USING (customer_key)
 LEFT JOIN viewed_not_bought vnb USING (customer_key)
 LEFT JOIN nearest n USING (customer_key)
 LEFT JOIN surveys sv USING (customer_key)
 ORDER BY p.customer_key
 """
+
+
+# Day windows of the query ("last N days"), written IN_LAST(N, instant) in _SQL; LAST_DAY(instant) is the
+# aggregate "local day of the latest instant". _day_sql turns both into SQL.
+WINDOW_DAYS = (7, 30, 90, 365)
+_IN_LAST = re.compile(r"IN_LAST\((\d+), (\w+)\)")
+_LAST_DAY = re.compile(r"LAST_DAY\((\w+)\)")
+_MICROS = timedelta(microseconds=1)
+_BAND = timedelta(days=2)  # a UTC offset is under 26 hours, so an instant 2 days past a boundary is on its side
+
+
+def _local_day(at: datetime, tz: ZoneInfo) -> date:
+    return at.astimezone(tz).date()
+
+
+@functools.lru_cache(maxsize=64)
+def _dates_monotonic(tz_key: str, start: datetime, end: datetime, step: timedelta) -> bool:
+    """Whether the local date in ``tz_key`` never steps back between ``start`` and ``end``.
+
+    It steps back only where the UTC offset drops across a local midnight (a "fall back" from 00:30 to
+    23:30 of the day before, as some zones have done); every offset drop found between samples ``step``
+    apart is located to the microsecond and checked.
+    """
+    tz = ZoneInfo(tz_key)
+    at = start
+    offset = at.astimezone(tz).utcoffset()
+    while at < end:
+        nxt = min(at + step, end)
+        nxt_offset = nxt.astimezone(tz).utcoffset()
+        if offset is None or nxt_offset is None:
+            return False
+        if nxt_offset < offset:
+            lo, hi = at, nxt  # the offset at lo is the old one, at hi the new one
+            while hi - lo > _MICROS:
+                mid = lo + (hi - lo) // 2
+                if mid.astimezone(tz).utcoffset() == offset:
+                    lo = mid
+                else:
+                    hi = mid
+            if _local_day(hi, tz) < _local_day(lo, tz):
+                return False
+        at, offset = nxt, nxt_offset
+    return True
+
+
+def _first_instant_of(day: date, tz: ZoneInfo) -> datetime:
+    """The first instant whose local date in ``tz`` is ``day`` or later (local dates monotonic around it).
+
+    Found by bisection rather than as local midnight, which a zone may skip (then the day starts later).
+    """
+    guess = datetime.combine(day, datetime.min.time(), tzinfo=tz).astimezone(UTC)
+    lo, hi = guess - _BAND, guess + _BAND  # local date of lo < day <= local date of hi
+    while hi - lo > _MICROS:
+        mid = lo + (hi - lo) // 2
+        if _local_day(mid, tz) >= day:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _day_sql(sql: str, window: RunWindow) -> tuple[str, dict[str, object]]:
+    """Replace IN_LAST / LAST_DAY in ``sql``; returns the SQL and the parameters it then needs.
+
+    Converting every row's instant to its local date (``timezone()``) costs about as much as the rest of
+    the query. Where the local date never steps back as time goes on (every zone today) the same answers
+    come from comparing the stored UTC instants with the first instant of each window, computed once here
+    ("in the last N days" = at or after the start of the day N-1 days before the run date), and the day of
+    the latest order is the local day of the latest instant. Around a zone's odd past transitions the
+    query falls back to converting each row, so the result never depends on which form ran.
+    """
+    tz = window.tz
+    params: dict[str, object] = {}
+    step = timedelta(hours=1)
+    starts = {n: window.run_date - timedelta(days=n - 1) for n in WINDOW_DAYS}
+    bounds_ok = all(
+        _dates_monotonic(tz.key, b - _BAND, b + _BAND, step)
+        for b in (datetime.combine(d, datetime.min.time(), tzinfo=tz).astimezone(UTC) for d in starts.values())
+    )
+
+    def in_last(m: re.Match[str]) -> str:
+        n, col = int(m.group(1)), m.group(2)
+        if n not in starts:
+            raise ValueError(f"IN_LAST({n}, ...) is not one of the windows {WINDOW_DAYS}")
+        if not bounds_ok:
+            params["tz"] = tz.key
+            params["run_date"] = window.run_date
+            return f"CAST(timezone($tz, {col}) AS DATE) > $run_date - {n}"
+        params[f"since_{n}"] = _first_instant_of(starts[n], tz)
+        return f"{col} >= $since_{n}"
+
+    # Orders may go back to any year: check the zone's whole history up to the run (in 12-hour steps).
+    history_ok = _dates_monotonic(
+        tz.key, datetime(1900, 1, 1, tzinfo=UTC), window.as_of.astimezone(UTC) + _BAND, timedelta(hours=12)
+    )
+
+    def last_day(m: re.Match[str]) -> str:
+        params["tz"] = tz.key
+        col = m.group(1)
+        return f"CAST(timezone($tz, max({col})) AS DATE)" if history_ok else f"max(CAST(timezone($tz, {col}) AS DATE))"
+
+    return _LAST_DAY.sub(last_day, _IN_LAST.sub(in_last, sql)), params
 
 
 def _quote(name: str) -> str:
@@ -404,13 +563,9 @@ def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: 
     """
     _register_inputs(con, extras)
     extra_sql = "".join(f",\n       p.{_quote(f.name)}" for f in extras)
-    params = {
-        "tz": window.tz.key,
-        "as_of": window.as_of,
-        "run_date": window.run_date,
-        "radius_km": EARTH_RADIUS_KM,
-    }
-    frame = con.execute(_SQL.replace("{extras}", extra_sql), params).df()
+    sql, params = _day_sql(_SQL.replace("{extras}", extra_sql), window)
+    params |= {"as_of": window.as_of, "run_date": window.run_date, "radius_km": EARTH_RADIUS_KM}
+    frame = con.execute(sql, params).df()
     columns = COLUMNS + [f.name for f in extras]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
