@@ -307,6 +307,8 @@ def send_alert(
     for name, send in channels:
         try:
             send()
+        except MissingCredentials as exc:  # a channel nobody set up yet (e.g. the demo): say so once, calmly
+            log.info("alert %s not sent by %s: channel not configured (%s)", kind, name, scrub(str(exc), 300))
         except Exception as exc:  # best effort: one channel's failure must not stop the other or the caller
             log.warning("alert %s not sent by %s: %s: %s", kind, name, type(exc).__name__, scrub(str(exc), 300))
         else:
