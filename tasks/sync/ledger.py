@@ -20,10 +20,15 @@ identifiers themselves, so the list can be kept for ever without keeping persona
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import fcntl
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -365,6 +370,42 @@ class Ledger:
                         ledger.c.state != "member",
                     )
                 )
+
+    # --- one sync per audience at a time ---------------------------------------------------------
+    @contextmanager
+    def audience_lock(self, destination: str, segment: str) -> Iterator[bool]:
+        """Hold the audience for one sync; yields False when another process holds it.
+
+        The lock dies with its holder, so a crashed sync never blocks the one that resumes it:
+        a session-level advisory lock on PostgreSQL (released when the connection drops), an
+        ``flock`` on a file next to the database on SQLite (released when the process exits).
+        """
+        key = hashlib.sha256(f"{destination}\x00{segment}".encode()).digest()
+        if self.engine.dialect.name == "postgresql":
+            number = int.from_bytes(key[:8], "big", signed=True)
+            with self.engine.connect() as conn:
+                got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(number))).scalar())
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(sa.select(sa.func.pg_advisory_unlock(number)))
+                    conn.commit()
+            return
+        database = self.engine.url.database
+        folder = Path(database).resolve().parent if database and database != ":memory:" else Path(tempfile.gettempdir())
+        path = folder / ".sync-locks" / f"{key.hex()[:32]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- suppressions ----------------------------------------------------------------------------
     def suppress(self, entries: list[tuple[str, str, str]], source: str) -> int:

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 DEFAULT_COUNTRY = "VN"
 
 
+class SyncBusy(RuntimeError):
+    """Another process is syncing the same (destination, segment) right now."""
+
+
 def is_platform(destination: object) -> bool:
     return hasattr(type(destination), "capabilities")
 
@@ -76,7 +80,32 @@ def sync(
     upstream: list[str] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Plan one (segment, destination) and apply it unless it must be held, blocked or dry-run."""
+    """Plan one (segment, destination) and apply it unless it must be held, blocked or dry-run.
+
+    One sync per audience at a time (the CLI and the scheduler may both ask): a second caller gets
+    a clear error naming who holds the audience instead of sending the same members twice.
+    """
+    with ledger.audience_lock(name, segment) as mine:
+        if not mine:
+            raise SyncBusy(
+                f"{name}/{segment}: another sync of this audience is running (the CLI or another task); "
+                "retry when it finishes — nothing was sent"
+            )
+        return _sync(ledger, name, cfg, platform, segment, title, run_date, audience, upstream, dry_run)
+
+
+def _sync(
+    ledger: Ledger,
+    name: str,
+    cfg: DestinationConfig,
+    platform: AudiencePlatform,
+    segment: str,
+    title: str,
+    run_date: str,
+    audience: pd.DataFrame,
+    upstream: list[str] | None,
+    dry_run: bool,
+) -> dict[str, Any]:
     members = to_members(audience)
     policy = cfg.sync.model_copy(update={"dry_run": True}) if dry_run else cfg.sync
     approved = [p for p in ledger.open_plans(name, segment) if p["status"] == "approved"]

@@ -101,3 +101,15 @@ def test_sync_lifecycle_on_postgres(pg_ledger: Ledger, monkeypatch: pytest.Monke
         assert set(pg_ledger.consent_records("mc", "vip")["consent_field"]) == {"email_opt_in"}
     finally:
         server.stop()
+
+
+def test_audience_lock_on_postgres_is_exclusive_and_released(pg_ledger: Ledger) -> None:
+    other = Ledger(pg_ledger.engine.url.render_as_string(hide_password=False))
+    with pg_ledger.audience_lock("mc", "vip") as first:
+        assert first
+        with other.audience_lock("mc", "vip") as second:
+            assert not second, "a second session cannot hold the same audience"
+        with other.audience_lock("mc", "other_segment") as unrelated:
+            assert unrelated, "other audiences are not blocked"
+    with other.audience_lock("mc", "vip") as again:
+        assert again, "released when the first sync ends"

@@ -302,3 +302,32 @@ def test_process_killed_between_batches_resumes_without_resending(
     # Across every request the server received, each address was added exactly once.
     added = Counter(e for body in member_requests(server) for e in body.get("members_to_add", []))
     assert len(added) == 1400 and max(added.values()) == 1
+
+
+def test_one_sync_per_audience_at_a_time(ledger: Ledger, server: MailchimpServer, tmp_path: Path) -> None:
+    from tasks.sync.service import SyncBusy
+
+    # Another process holds the audience: a second sync refuses and sends nothing.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tasks.sync.ledger import Ledger\n"
+            f"with Ledger({str(ledger.engine.url)!r}).audience_lock('mc', {SEGMENT!r}) as got:\n"
+            "    print(got, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        with pytest.raises(SyncBusy, match="another sync"):
+            run(ledger, server, audience(5))
+        assert member_requests(server) == [], "nothing was sent while another sync held the audience"
+    finally:
+        holder.kill()  # dies holding the lock: the lock dies with it
+        holder.wait(10)
+    assert run(ledger, server, audience(5))["added"] == 5
+    with ledger.audience_lock("mc", SEGMENT) as got:
+        assert got, "a finished sync released its lock"
