@@ -83,7 +83,7 @@ def sync(
     """Plan one (segment, destination) and apply it unless it must be held, blocked or dry-run.
 
     One sync per audience at a time (the CLI and the scheduler may both ask): a second caller gets
-    a clear error naming who holds the audience instead of sending the same members twice.
+    ``SyncBusy`` (Airflow retries the task later) instead of sending the same members twice.
     """
     with ledger.audience_lock(name, segment) as mine:
         if not mine:
