@@ -441,7 +441,9 @@ def summarize(
     extracts: list[dict[str, Any]],
     reports: list[dict[str, Any]],
     deliveries: list[dict[str, Any]] | list[list[dict[str, Any]]],
+    quality_reports: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Write the run's summary.json; ``quality_reports``: the per-source reports, when split by source."""
     cfg = _config()
     lake = _lake(cfg)
     window = _window(cfg, run_date)
@@ -467,7 +469,7 @@ def summarize(
         "tables": tables,
         "segments": [d for item in deliveries for d in (item if isinstance(item, list) else [item])],
         "quarantine": lake.store.describe("quarantine/"),
-        "quality_report": quality_report_location(run_date),
+        "quality_report": ", ".join(quality_reports) if quality_reports else quality_report_location(run_date),
         "warnings": sorted(
             {f"{r['source']}.{r['table']}: {w['name']}" for r in reports for w in r["warnings"]}
             | {f"{e['source']}.{e['table']}: {n}" for e in extracts for n in e.get("notes", [])}
@@ -481,14 +483,7 @@ def summarize(
 def summarize_run(run_date: str, deliveries: list[dict[str, Any]]) -> dict[str, Any]:
     """The segments run's summary, with every source's extract and validation results of the date."""
     extracts, reports, locations = ingest_results(run_date)
-    summary = summarize(run_date, extracts, reports, [d for d in deliveries if d])
-    if locations:
-        summary["quality_report"] = ", ".join(locations)
-        lake = _lake(_config())
-        lake.put_text(
-            "runs", RUNS, "summary", date.fromisoformat(run_date), "summary.json", json.dumps(summary, indent=2)
-        )
-    return summary
+    return summarize(run_date, extracts, reports, [d for d in deliveries if d], quality_reports=locations)
 
 
 def apply_held(held: list[dict[str, Any]], run_date: str, by: str) -> list[dict[str, Any]]:
@@ -525,16 +520,19 @@ def decide_sync(plan_id: str, approve: bool, by: str) -> dict[str, Any]:
 def import_suppressions(path: str, reason: str, source: str) -> int:
     """Add the emails/phones of a CSV (columns email and/or phone) to the global suppression list."""
     from tasks.normalize.contact import normalize_email, normalize_phone
-    from tasks.normalize.hashing import sha256_hex
     from tasks.sync.ledger import Ledger
+    from tasks.sync.plan import identifier_hashes
 
     frame = pd.read_csv(path, dtype="string", encoding="utf-8-sig")
     columns = [c for c in ("email", "phone") if c in frame.columns]
     if not columns:
         raise ValueError(f"{path}: needs a column named email or phone (found {', '.join(frame.columns)})")
-    entries: list[tuple[str, str, str]] = []
-    for column in columns:
-        normalize = normalize_email if column == "email" else normalize_phone
-        values = pd.Series([normalize(v) if isinstance(v, str) else None for v in frame[column]], dtype="string")
-        entries += [(h, column, reason) for h in sha256_hex(values.dropna()).tolist()]
+    # Exports spell phones in any form: normalize as the profiles were, then key as the plan does.
+    normalizers = {"email": normalize_email, "phone": normalize_phone}
+    normalized = pd.DataFrame(
+        {c: [normalizers[c](v) if isinstance(v, str) else None for v in frame[c]] for c in columns}
+    )
+    entries = [
+        (h, kind, reason) for kind, hashes in identifier_hashes(normalized).items() for h in hashes.dropna().tolist()
+    ]
     return Ledger().suppress(entries, source)

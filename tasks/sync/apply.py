@@ -27,8 +27,8 @@ from tasks.destinations.audience import (
     DestinationError,
 )
 from tasks.destinations.http import redact
-from tasks.normalize.hashing import sha256_hex
 from tasks.sync.ledger import Consent, Ledger
+from tasks.sync.plan import identifier_hashes
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,7 @@ def _suppression_entries(frame: pd.DataFrame, keys: dict[str, str], source: str)
     """Platform-reported unsubscribes join the global list (as hashes), so no platform gets them again."""
     rows = frame[frame["customer_key"].astype(str).isin(list(keys))]
     out: list[tuple[str, str, str]] = []
-    for column, kind in (("email", "email"), ("phone", "phone")):
-        if column not in rows:
-            continue
-        values = rows[column].astype("string").str.strip()
-        if column == "email":
-            values = values.str.lower()
-        hashes = sha256_hex(values)
+    for kind, hashes in identifier_hashes(rows).items():
         for key, h in zip(rows["customer_key"].astype(str), hashes, strict=True):
             if isinstance(h, str):
                 reason = keys[key].split(":", 1)[0][:40] or "unsubscribed"

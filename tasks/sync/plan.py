@@ -93,18 +93,25 @@ def isin(values: np.ndarray, other: np.ndarray) -> np.ndarray:
     return pd.Series(values, dtype=object).isin(pd.Series(other, dtype=object)).to_numpy(dtype=bool)
 
 
+def identifier_hashes(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The suppression list's keys for each row: SHA-256 of the trimmed, lower-cased email and of
+    the E.164 phone (by column; NA where the row has none). One definition, so what is checked
+    against the list and what is added to it always agree."""
+    out: dict[str, pd.Series] = {}
+    for column in ("email", "phone"):
+        if column in frame:
+            values = frame[column].astype("string").str.strip()
+            out[column] = sha256_hex(values.str.lower() if column == "email" else values)
+    return out
+
+
 def suppression_mask(members: pd.DataFrame, suppressed: set[str]) -> np.ndarray:
     """Members whose normalized email or phone hash is on the global suppression list."""
     mask = np.zeros(len(members), dtype=bool)
     if not suppressed or members.empty:
         return mask
-    for column in ("email", "phone"):
-        if column in members:
-            values = members[column].astype("string").str.strip()
-            if column == "email":
-                values = values.str.lower()
-            hashes = sha256_hex(values)
-            mask |= hashes.isin(suppressed).fillna(False).to_numpy(dtype=bool)
+    for hashes in identifier_hashes(members).values():
+        mask |= hashes.isin(suppressed).fillna(False).to_numpy(dtype=bool)
     return mask
 
 

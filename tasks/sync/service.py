@@ -60,11 +60,11 @@ def upstream_problems(lake: Lake, refs: dict[str, Any], day: date) -> list[str]:
     """Sources whose snapshot for this run is empty: a sync must not shrink audiences on that."""
     problems = []
     for table, ref in sorted(refs.items()):
-        parts = [p for p in lake.history("raw", ref.source, table, day) if p.day == day]
-        if parts and parts[-1].mode == "snapshot" and parts[-1].rows == 0:
-            earlier = [p for p in lake.history("raw", ref.source, table, day) if p.day < day and p.rows > 0]
-            if earlier:
-                problems.append(f"{ref.source}.{table} delivered an empty snapshot")
+        history = lake.history("raw", ref.source, table, day)
+        today = [p for p in history if p.day == day]
+        empty_now = bool(today) and today[-1].mode == "snapshot" and today[-1].rows == 0
+        if empty_now and any(p.day < day and p.rows > 0 for p in history):
+            problems.append(f"{ref.source}.{table} delivered an empty snapshot")
     return problems
 
 
