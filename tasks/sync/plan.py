@@ -165,10 +165,9 @@ def make_plan(
     current = len(held)
     if mode == "replace":
         replace, expected = desired.tolist(), len(desired)
-        adds, removes_for_plan = [], removes
+        adds = []  # a replace sends the whole audience; the platform drops everyone else
     else:
         replace, expected = [], current + len(adds) - len(removes)
-        removes_for_plan = removes
     plan = Plan(
         plan_id=f"{run_date}-{uuid.uuid4().hex[:12]}",
         destination=destination,
@@ -179,7 +178,7 @@ def make_plan(
         status="planned",
         current_size=current,
         adds=adds,
-        removes=removes_for_plan if mode == "diff" else [],
+        removes=removes if mode == "diff" else [],
         replace=replace,
         unchanged=unchanged,
         expected_size=expected,
