@@ -242,7 +242,7 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
     import ibis
 
     from tasks.segments.compile import Compiler
-    from tasks.segments.evaluate import attach_reasons, evaluate_all, finalize, load_segments
+    from tasks.segments.evaluate import evaluate_all, finalize, load_segments
 
     segments = load_segments(CONFIG)
     con = ibis.duckdb.connect()
@@ -264,11 +264,9 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
         segments={s.name: s.rule for s in segments.segments},
     )
     started = time.perf_counter()
-    raw, reasons = evaluate_all(compiler, features, segments)  # one query for all leaves, then numpy
+    evaluation = evaluate_all(compiler, features, segments)  # one query for all leaves, then numpy
     t3 = time.perf_counter()
-    memberships = finalize(segments, raw)
-    t4 = time.perf_counter()
-    memberships = attach_reasons(memberships, reasons)
+    memberships = finalize(segments, evaluation)  # priority groups, splits, reasons
     done = time.perf_counter()
     memberships.to_parquet(work / "memberships.parquet", index=False)
     return {
@@ -276,8 +274,7 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
         "segments": len(segments.segments),
         "memberships": len(memberships),
         "evaluate_all_s": t3 - started,
-        "finalize_s": t4 - t3,
-        "attach_reasons_s": done - t4,
+        "finalize_s": done - t3,
     }
 
 
@@ -417,8 +414,7 @@ def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -
     if "error" not in seg and seg:
         print(
             f"\nsegments: {seg['memberships']:,} memberships; one query for all clauses + boolean algebra and "
-            f"reasons {seg['evaluate_all_s']:.2f}s, finalize {seg['finalize_s']:.2f}s, "
-            f"attaching reasons {seg['attach_reasons_s']:.2f}s"
+            f"reasons {seg['evaluate_all_s']:.2f}s, finalize (priorities, splits, reasons) {seg['finalize_s']:.2f}s"
         )
     prod = results.get("product", {})
     if "error" not in prod and prod:

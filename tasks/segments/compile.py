@@ -186,25 +186,73 @@ class Compiler:
 
     def _purchase_lines(self, category: list[str] | None, product: list[str] | None, within: Window | None) -> ir.Table:
         p = self.p
-        cond = p.customer_key.notnull() & self._in_time(p.ordered_at, within)
+        return p.filter(p.customer_key.notnull() & self._line_matches(p, category, product, within))
+
+    def _line_matches(
+        self, p: ir.Table, category: list[str] | None, product: list[str] | None, within: Window | None
+    ) -> ir.BooleanValue:
+        cond = self._in_time(p.ordered_at, within)
         if category:
             cond = cond & p.category.lower().isin([c.lower() for c in category])
         if product:
             cond = cond & p.product_id.isin(product)
-        return p.filter(cond)
+        return cond
+
+    def _since(self, windows: Iterable[Window | None]) -> datetime | None:
+        """The earliest instant any of ``windows`` reaches back to, or None when one is unbounded."""
+        starts = [self.window_bounds(w)[0] if w is not None else None for w in windows]
+        return None if any(s is None for s in starts) else min(s for s in starts if s is not None)
 
     def _purchased(self, rule: Purchased) -> ir.BooleanValue:
-        spec = rule.purchased
-        lines = self._purchase_lines(spec.category, spec.product, spec.within)
-        per_customer = lines.group_by("customer_key").aggregate(
-            n=lines.order_id.nunique(), spend=lines.line_total_vnd.sum().fill_null(0)
-        )
-        conditions: dict[str, Count] = {}
-        if (orders := spec.order_count()) is not None:
-            conditions["n"] = orders
-        if spec.spend is not None:
-            conditions["spend"] = spec.spend
-        return self._counted(per_customer, conditions)
+        return self._purchased_many({"rule": rule})["rule"]
+
+    def _purchased_many(self, rules: Mapping[str, Purchased]) -> dict[str, ir.BooleanValue]:
+        """Every ``purchased`` clause from ONE pass over the purchase lines.
+
+        Orders are counted as distinct order ids, which per clause would be a distinct aggregate (a
+        scan and a hash table each). Instead the lines are grouped once per (customer, order) with one
+        "has a matching line" flag and matching spend per clause, then once per customer: two
+        aggregations for any number of clauses, on any engine.
+        """
+        p = self.p
+        specs = {name: rule.purchased for name, rule in rules.items()}
+        cond = p.customer_key.notnull() & (p.ordered_at < ibis.literal(self.window.as_of))
+        if (since := self._since(spec.within for spec in specs.values())) is not None:
+            cond = cond & (p.ordered_at >= ibis.literal(since))
+        lines = p.filter(cond)
+        matches = {
+            name: self._line_matches(lines, spec.category, spec.product, spec.within) for name, spec in specs.items()
+        }
+        per_order: dict[str, ir.Value] = {}
+        for i, (name, spec) in enumerate(specs.items()):
+            # nunique(order_id) ignores lines without an order id; their spend still counts.
+            per_order[f"o{i}"] = (matches[name] & lines.order_id.notnull()).any()
+            if spec.spend is not None:
+                per_order[f"s{i}"] = lines.line_total_vnd.sum(where=matches[name])
+        orders = lines.group_by(["customer_key", "order_id"]).aggregate(**per_order)
+        per_customer: dict[str, ir.Value] = {}
+        for i, spec in enumerate(specs.values()):
+            per_customer[f"n{i}"] = orders[f"o{i}"].cast("int64").sum()
+            if spec.spend is not None:
+                per_customer[f"spend{i}"] = orders[f"s{i}"].sum().fill_null(0)
+        totals = orders.group_by("customer_key").aggregate(**per_customer)
+        out: dict[str, ir.BooleanValue] = {}
+        for i, (name, spec) in enumerate(specs.items()):
+            conditions: dict[str, Count] = {}
+            if (count := spec.order_count()) is not None:
+                conditions[f"n{i}"] = count
+            if spec.spend is not None:
+                conditions[f"spend{i}"] = spec.spend
+            out[name] = self._counted(totals, conditions)
+        return out
+
+    def compile_many(self, rules: Mapping[str, Rule]) -> dict[str, ir.BooleanValue]:
+        """Compile many clauses for one query: the ``purchased`` clauses share one pass over the
+        purchase lines and the ``did`` clauses one over the web events, instead of a scan each."""
+        purchased = {n: r for n, r in rules.items() if isinstance(r, Purchased)}
+        did = {n: r for n, r in rules.items() if isinstance(r, Did)}
+        shared = (self._purchased_many(purchased) if purchased else {}) | (self._did_many(did) if did else {})
+        return {name: shared[name] if name in shared else self.compile(rule) for name, rule in rules.items()}
 
     def _events(self, kind: str) -> ir.Table:
         if self.e is None:
@@ -226,14 +274,28 @@ class Compiler:
         return _and(parts)
 
     def _did(self, rule: Did) -> ir.BooleanValue:
-        spec = rule.did
+        return self._did_many({"rule": rule})["rule"]
+
+    def _did_many(self, rules: Mapping[str, Did]) -> dict[str, ir.BooleanValue]:
+        """Every ``did`` clause from ONE pass over the web events: a count per clause and customer."""
         e = self._events("did")
-        cond = e.customer_key.notnull() & (e.event_name == spec.event) & self._in_time(e.event_at, spec.within)
-        if spec.where is not None:
-            cond = cond & self._event_filter(e, spec.where)
-        matching = e.filter(cond)
-        per_customer = matching.group_by("customer_key").aggregate(n=matching.count())
-        return self._counted(per_customer, {"n": spec.times})
+        specs = {name: rule.did for name, rule in rules.items()}
+        cond = (
+            e.customer_key.notnull()
+            & e.event_name.isin(sorted({spec.event for spec in specs.values()}))
+            & (e.event_at < ibis.literal(self.window.as_of))
+        )
+        if (since := self._since(spec.within for spec in specs.values())) is not None:
+            cond = cond & (e.event_at >= ibis.literal(since))
+        events = e.filter(cond)
+        counts: dict[str, ir.Value] = {}
+        for i, spec in enumerate(specs.values()):
+            match = (events.event_name == spec.event) & self._in_time(events.event_at, spec.within)
+            if spec.where is not None:
+                match = match & self._event_filter(events, spec.where)
+            counts[f"n{i}"] = ibis.ifelse(match, 1, 0).sum()
+        totals = events.group_by("customer_key").aggregate(**counts)
+        return {name: self._counted(totals, {f"n{i}": spec.times}) for i, (name, spec) in enumerate(specs.items())}
 
     def _viewed_not_bought(self, rule: ViewedNotBought) -> ir.BooleanValue:
         spec = rule.viewed_not_bought
@@ -263,14 +325,17 @@ class Compiler:
         views = e.filter(
             e.customer_key.notnull() & (e.event_name == "page_view") & (e.event_at < ibis.literal(self.window.as_of))
         )
-        ranked = views.mutate(
-            rn=ibis.row_number().over(group_by="customer_key", order_by=["event_at", "page_location"])
+        # The page of the earliest view, the smallest page when views share that instant: two
+        # aggregations and a join, where ranking every view per customer would sort them all.
+        earliest = views.group_by("customer_key").aggregate(first_at=views.event_at.min())
+        at_first = views.join(
+            earliest, [views.customer_key == earliest.customer_key, views.event_at == earliest.first_at]
         )
-        first = ranked.filter(ranked.rn == 0)
+        first = at_first.group_by("customer_key").aggregate(page=at_first.page_location.min())
         if match.contains is not None:
-            hit = first.page_location.lower().contains(match.contains.lower())
+            hit = first.page.lower().contains(match.contains.lower())
         else:
-            hit = _page_equals(first.page_location, str(match.equals))
+            hit = _page_equals(first.page, str(match.equals))
         return self.f.customer_key.isin(first.filter(hit).customer_key)
 
     def _birthday(self, rule: Birthday) -> ir.BooleanValue:

@@ -6,13 +6,13 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tasks.config.loader import load_model
 from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MEMBERSHIP_TABLE = "memberships"
 MEMBERSHIP_COLUMNS = ["segment", "customer_key", "group"]
+# Arrow-backed strings: the membership columns come from Arrow and go to Parquet, so no Python objects.
+STRING = pd.StringDtype("pyarrow")
 
 
 def load_segments(config_dir: Path) -> SegmentsConfig:
@@ -88,9 +90,8 @@ def evaluate(
     entered/left changes and sizes; returns members per segment."""
     day = window.run_date
     with engine(lake, window, segments, stores, backend) as (compiler, features):
-        raw, reasons = evaluate_all(compiler, features, segments)
-    memberships = finalize(segments, raw)
-    memberships = attach_reasons(memberships, reasons)
+        evaluation = evaluate_all(compiler, features, segments)
+    memberships = finalize(segments, evaluation)
     names = [s.name for s in segments.segments]
     if segments.clusters is not None:
         clustered = cluster_memberships(lake.read("features", FEATURE_SOURCE, FEATURE_TABLE, day), segments.clusters)
@@ -103,9 +104,33 @@ def evaluate(
     return {name: int((memberships["segment"] == name).sum()) for name in names}
 
 
-def evaluate_all(
-    compiler: Compiler, features: Any, segments: SegmentsConfig
-) -> tuple[dict[str, list[str]], dict[str, pd.Series]]:
+@dataclass(frozen=True)
+class Evaluation:
+    """Every segment's outcome over one list of customers, before priority groups and splits.
+
+    Outcomes are boolean masks over ``keys`` (sorted, unique) rather than lists of keys: a run at a
+    million customers has millions of memberships, and masks make priority groups, sorting and the
+    membership table array operations instead of per-key Python work. ``reasons[segment]`` is a code
+    per member (in key order) and the text of each code.
+    """
+
+    keys: pa.Array
+    hits: dict[str, np.ndarray]
+    reasons: dict[str, tuple[np.ndarray, list[str]]]
+
+    @classmethod
+    def of(cls, members: dict[str, list[str]]) -> Evaluation:
+        """From member lists (without reasons), e.g. segments computed elsewhere."""
+        keys = np.array(sorted({k for ks in members.values() for k in ks}), dtype=object)
+        hits = {name: np.isin(keys, np.array(ks, dtype=object)) for name, ks in members.items()}
+        reasons = {name: (np.zeros(int(h.sum()), dtype=np.int64), [""]) for name, h in hits.items()}
+        return cls(pa.array(keys, pa.large_string()), hits, reasons)
+
+    def members(self, segment: str) -> list[str]:
+        return self.keys.filter(pa.array(self.hits[segment])).to_pylist()
+
+
+def evaluate_all(compiler: Compiler, features: Any, segments: SegmentsConfig) -> Evaluation:
     """Every segment's members and their deciding clauses, from ONE engine query.
 
     Each distinct leaf clause of all segments becomes one boolean column of a single query over the
@@ -114,23 +139,23 @@ def evaluate_all(
     then evaluated on those columns with vectorised boolean algebra.
     """
     ordered = segments.in_dependency_order()
-    columns: dict[str, Any] = {}
+    nodes: dict[str, Any] = {}
     column_of: dict[str, str] = {}
     for seg in ordered:
         for leaf in explain.leaves(seg.rule):
             if isinstance(leaf.node, InSegment):
                 continue
-            node: Any = leaf.node
-            key = node.model_dump_json()
+            key = leaf.node.model_dump_json()
             if key not in column_of:
                 column_of[key] = f"leaf_{len(column_of)}"
-                columns[column_of[key]] = compiler.compile(node).fill_null(False)
-    table = features.select(features.customer_key, **columns).to_pandas()
-    keys = table["customer_key"].astype(str).to_numpy()
-    values = {name: table[name].fillna(False).to_numpy(dtype=bool) for name in columns}
+                nodes[column_of[key]] = leaf.node
+    columns = compiler.compile_many(nodes)
+    query = features.select(features.customer_key, **{n: c.fill_null(False) for n, c in columns.items()})
+    table = query.order_by("customer_key").to_pyarrow()
+    keys = table.column("customer_key").combine_chunks().cast(pa.large_string())
+    values = {name: table.column(name).fill_null(False).to_numpy().astype(bool, copy=False) for name in columns}
     outcome: dict[str, np.ndarray] = {}
-    raw: dict[str, list[str]] = {}
-    reasons: dict[str, pd.Series] = {}
+    reasons: dict[str, tuple[np.ndarray, list[str]]] = {}
     for seg in ordered:
         arrays = {
             leaf.path: outcome[leaf.node.in_segment]
@@ -141,10 +166,8 @@ def evaluate_all(
         hit = explain.value(seg.rule, arrays)
         outcome[seg.name] = hit
         members = {path: a[hit] for path, a in arrays.items()}
-        text = explain.deciding_text(seg.rule, members, int(hit.sum()))
-        raw[seg.name] = sorted(keys[hit].tolist())
-        reasons[seg.name] = pd.Series(text, index=keys[hit])
-    return raw, reasons
+        reasons[seg.name] = explain.deciding_codes(seg.rule, members, int(hit.sum()))
+    return Evaluation(keys, outcome, reasons)
 
 
 def cluster_memberships(features: pd.DataFrame, cfg: ClusterConfig) -> pd.DataFrame:
@@ -162,94 +185,69 @@ def cluster_memberships(features: pd.DataFrame, cfg: ClusterConfig) -> pd.DataFr
         }
     )
     log.info("clusters: k=%d chosen by silhouette (%s)", result.k, ", ".join(f"{n}" for n in names.values()))
-    return frame.sort_values(["segment", "customer_key"]).astype("string").reset_index(drop=True)
+    return frame.sort_values(["segment", "customer_key"]).astype(STRING).reset_index(drop=True)
 
 
-def attach_reasons(memberships: pd.DataFrame, reasons: dict[str, pd.Series]) -> pd.DataFrame:
-    """Add each member's deciding clauses (``reasons[segment]`` is indexed by customer_key).
-
-    A lookup per segment rather than a merge on (segment, customer_key) of two string tables: the same
-    result (members without a reason get ""), several times faster at a million memberships. Reasons
-    indexed by a customer more than once (which a merge would multiply) take the merge.
-    """
-    index = {name: r.index.astype(str) for name, r in reasons.items()}
-    if any(not i.is_unique for i in index.values()):
-        return _merge_reasons(memberships, reasons)
-    keys = pa.array(memberships["customer_key"].array, pa.large_string())
-    at = np.full(len(memberships), -1, dtype=np.int64)  # row of every member's reason in ``texts``
-    texts: list[pa.Array] = []
-    offset = 0
-    for name, pos in memberships.groupby("segment", sort=False, observed=True).indices.items():
-        why = reasons.get(str(name))
-        if why is None or why.empty:
-            continue
-        found = pc.index_in(keys.take(pa.array(pos)), value_set=pa.array(index[str(name)], pa.large_string()))
-        rows = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        at[pos] = np.where(rows >= 0, rows + offset, -1)
-        texts.append(pa.array(why.to_numpy(dtype=object), pa.large_string(), from_pandas=True))
-        offset += len(why)
-    if texts:
-        text = pa.concat_arrays(texts).take(pa.array(at, mask=at < 0)).fill_null("")
-    else:
-        text = pa.array([""] * len(memberships), pa.large_string())
-    out = memberships.reset_index(drop=True)
-    out["reasons"] = pd.array(text, dtype="string")
-    return out
-
-
-def _merge_reasons(memberships: pd.DataFrame, reasons: dict[str, pd.Series]) -> pd.DataFrame:
-    why = pd.concat(
-        [
-            pd.DataFrame({"segment": n, "customer_key": r.index.astype(str), "reasons": r.to_numpy()})
-            for n, r in reasons.items()
-        ],
-        ignore_index=True,
-    ).astype("string")
-    out = memberships.merge(why, on=["segment", "customer_key"], how="left")
-    out["reasons"] = out["reasons"].fillna("")
-    return out
-
-
-def resolve_priorities(segments: SegmentsConfig, members: dict[str, list[str]]) -> dict[str, list[str]]:
+def resolve_priorities(segments: SegmentsConfig, hits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Keep each customer only in the highest-priority (lowest number) segment of each priority group."""
-    out = dict(members)
+    out = dict(hits)
     groups: dict[str, list[Segment]] = {}
     for seg in segments.segments:
         if seg.priority_group is not None:
             groups.setdefault(seg.priority_group.name, []).append(seg)
     for group in groups.values():
-        taken: set[str] = set()
+        taken: np.ndarray | None = None
         for seg in sorted(group, key=lambda s: s.priority_group.priority if s.priority_group else 0):
-            out[seg.name] = [k for k in members.get(seg.name, []) if k not in taken]
-            taken.update(out[seg.name])
+            if seg.name not in hits:
+                continue
+            out[seg.name] = hits[seg.name] if taken is None else hits[seg.name] & ~taken
+            taken = out[seg.name] if taken is None else taken | out[seg.name]
     return out
 
 
-def finalize(segments: SegmentsConfig, members: dict[str, list[str]]) -> pd.DataFrame:
-    """Memberships after priority groups and splits, in config order; ``group`` is empty without a split.
+def finalize(segments: SegmentsConfig, evaluation: Evaluation) -> pd.DataFrame:
+    """Memberships (segment, customer_key, group, reasons) after priority groups and splits, in config
+    order and by customer key; ``group`` is empty without a split, ``reasons`` names the deciding clauses.
 
-    The column is always present so the table keeps one schema whether or not any segment splits.
+    The columns are always present so the table keeps one schema whether or not any segment splits.
+    Built as whole Arrow arrays (keys taken by index, reasons decoded from per-segment codes), not a
+    frame per segment concatenated and merged, which at millions of memberships cost more than the
+    segment query itself.
     """
-    kept = resolve_priorities(segments, members)
+    kept = resolve_priorities(segments, evaluation.hits)
+    columns = [*MEMBERSHIP_COLUMNS, "reasons"]
     if not segments.segments:
-        return pd.DataFrame(columns=MEMBERSHIP_COLUMNS).astype(dict.fromkeys(MEMBERSHIP_COLUMNS, "string"))
-    # Columns built as whole Arrow arrays, converted once: not a frame per segment, concatenated and
-    # cast to strings, which at millions of memberships costs more than everything else here.
-    counts, keys, groups = [], [], []
+        return pd.DataFrame(columns=columns).astype(dict.fromkeys(columns, STRING))
+    counts, rows, groups, codes, texts = [], [], [], [], []
+    offset = 0
     for seg in segments.segments:
-        seg_keys = sorted(kept.get(seg.name, []))
-        counts.append(len(seg_keys))
-        keys.extend(seg_keys)
+        hit = kept.get(seg.name)
+        if hit is None:
+            counts.append(0)
+            continue
+        at = np.flatnonzero(hit)
+        counts.append(len(at))
+        rows.append(at)
         if seg.split:  # hashing only for splits
-            groups.append(pa.array([seg.split.group_of(k) for k in seg_keys], pa.large_string()))
+            chosen = evaluation.keys.take(pa.array(at)).to_pylist()
+            groups.append(pa.array([seg.split.group_of(k) for k in chosen], pa.large_string()))
         else:
-            groups.append(pa.nulls(len(seg_keys), pa.large_string()))
+            groups.append(pa.nulls(len(at), pa.large_string()))
+        seg_codes, seg_texts = evaluation.reasons[seg.name]
+        original = evaluation.hits[seg.name]
+        codes.append(seg_codes[hit[original]] + offset)  # members a priority group took away drop out
+        texts.extend(seg_texts)
+        offset += len(seg_texts)
     names = pa.array([seg.name for seg in segments.segments], pa.large_string())
     which = pa.array(np.repeat(np.arange(len(counts), dtype=np.int32), counts))
-    return pd.DataFrame(
-        {
-            "segment": pd.array(pa.DictionaryArray.from_arrays(which, names).dictionary_decode(), dtype="string"),
-            "customer_key": pd.array(pa.array(keys, pa.large_string()), dtype="string"),
-            "group": pd.array(pa.concat_arrays(groups), dtype="string"),
-        }
-    )
+    taken = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    reason_codes = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64)
+    arrays = {
+        "segment": pa.DictionaryArray.from_arrays(which, names).dictionary_decode(),
+        "customer_key": evaluation.keys.take(pa.array(taken)),
+        "group": pa.concat_arrays(groups) if groups else pa.nulls(0, pa.large_string()),
+        "reasons": pa.DictionaryArray.from_arrays(
+            pa.array(reason_codes, pa.int64()), pa.array(texts or [""], pa.large_string())
+        ).dictionary_decode(),
+    }
+    return pd.DataFrame({name: pd.array(a, dtype=STRING) for name, a in arrays.items()})

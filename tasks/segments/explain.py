@@ -111,13 +111,30 @@ def deciding_clauses(rule: Any, truth: pd.DataFrame, member: bool = True) -> pd.
 
 def deciding_text(rule: Any, arrays: dict[str, np.ndarray], rows: int, member: bool = True) -> np.ndarray:
     """``deciding_clauses`` on leaf arrays (leaf path -> bool array of ``rows`` customers)."""
+    codes, texts = deciding_codes(rule, arrays, rows, member)
+    return np.asarray(texts, dtype=object)[codes] if rows else np.array([], dtype=object)
+
+
+def deciding_codes(
+    rule: Any, arrays: dict[str, np.ndarray], rows: int, member: bool = True
+) -> tuple[np.ndarray, list[str]]:
+    """The deciding clauses as a code per row and the text of each code ("; "-joined labels).
+
+    Customers decided by the same clauses share one text, and a segment has few such combinations, so
+    the text is built once per combination rather than concatenated per customer (a million members
+    would otherwise mean a million string joins per clause).
+    """
     masks = _masks(rule, "rule", arrays, supporting=member)
     labels = {leaf.path: leaf.label for leaf in leaves(rule)}
-    text = np.full(rows, "", dtype=object)
-    for leaf_path, mask in masks.items():
-        add = np.where(mask, labels[leaf_path], "")
-        text = np.where((text != "") & (add != ""), text + "; " + add, text + add)
-    return text
+    paths = list(masks)
+    if not paths or rows == 0:
+        return np.zeros(rows, dtype=np.int64), [""]
+    bits = np.column_stack([np.broadcast_to(masks[p], (rows,)) for p in paths])
+    packed = np.packbits(bits, axis=1)  # one row of bytes per customer: which clauses decided it
+    combos, codes = np.unique(packed, axis=0, return_inverse=True)
+    used = np.unpackbits(combos, axis=1, count=len(paths)).astype(bool)
+    texts = ["; ".join(labels[p] for p, on in zip(paths, row, strict=True) if on) for row in used]
+    return codes.reshape(-1).astype(np.int64), texts
 
 
 def value(rule: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:

@@ -25,7 +25,7 @@ from tasks.features.build import FEATURE_SOURCE, FEATURE_TABLE
 from tasks.features.catalog import COLUMNS
 from tasks.lake import Lake
 from tasks.segments.compile import EARTH_RADIUS_KM, Compiler
-from tasks.segments.evaluate import MEMBERSHIP_TABLE, evaluate, finalize
+from tasks.segments.evaluate import MEMBERSHIP_TABLE, Evaluation, evaluate, finalize
 from tasks.segments.rules import Segment, SegmentsConfig, Split
 from tasks.segments.windows import Window, bounds
 from tasks.settings import RunWindow
@@ -187,26 +187,29 @@ def bought(within: dict[str, Any], **extra: Any) -> dict[str, Any]:
 # --- windows --------------------------------------------------------------------------------------
 
 
+WINDOW_CASES = [
+    ({"period": "today"}, {"C07"}),  # o8 sits exactly at as_of and stays out
+    ({"period": "yesterday"}, {"C06"}),
+    ({"period": "this_week"}, {"C06", "C07"}),
+    ({"period": "last_week"}, {"C03"}),
+    ({"period": "this_month"}, {"C01", "C03", "C06", "C07"}),  # C01's 00:10 +07:00 order is April's
+    ({"period": "last_month"}, {"C02", "C10"}),
+    ({"period": "this_year"}, {"C01", "C02", "C03", "C06", "C07", "C08", "C10"}),
+    ({"period": "last_year"}, {"C04"}),
+    ({"last_days": 1}, {"C07"}),
+    ({"last_days": 2}, {"C06", "C07"}),
+    ({"last_weeks": 1}, {"C03", "C06", "C07"}),
+    ({"last_months": 1}, {"C01", "C02", "C03", "C06", "C07", "C10"}),
+    ({"between_days_ago": [1, 3]}, {"C03", "C06"}),
+    ({"between_days_ago": [0, 0]}, {"C07"}),
+    ({"from": "2026-03-31", "to": "2026-03-31"}, {"C02"}),
+    ({"from": "2026-04-01", "to": "2026-12-31"}, {"C01", "C03", "C06", "C07"}),  # clipped at as_of
+]
+
+
 @pytest.mark.parametrize(
     ("within", "expected"),
-    [
-        ({"period": "today"}, {"C07"}),  # o8 sits exactly at as_of and stays out
-        ({"period": "yesterday"}, {"C06"}),
-        ({"period": "this_week"}, {"C06", "C07"}),
-        ({"period": "last_week"}, {"C03"}),
-        ({"period": "this_month"}, {"C01", "C03", "C06", "C07"}),  # C01's 00:10 +07:00 order is April's
-        ({"period": "last_month"}, {"C02", "C10"}),
-        ({"period": "this_year"}, {"C01", "C02", "C03", "C06", "C07", "C08", "C10"}),
-        ({"period": "last_year"}, {"C04"}),
-        ({"last_days": 1}, {"C07"}),
-        ({"last_days": 2}, {"C06", "C07"}),
-        ({"last_weeks": 1}, {"C03", "C06", "C07"}),
-        ({"last_months": 1}, {"C01", "C02", "C03", "C06", "C07", "C10"}),
-        ({"between_days_ago": [1, 3]}, {"C03", "C06"}),
-        ({"between_days_ago": [0, 0]}, {"C07"}),
-        ({"from": "2026-03-31", "to": "2026-03-31"}, {"C02"}),
-        ({"from": "2026-04-01", "to": "2026-12-31"}, {"C01", "C03", "C06", "C07"}),  # clipped at as_of
-    ],
+    WINDOW_CASES,
 )
 def test_every_window_kind_on_purchases(data: Data, within: dict[str, Any], expected: set[str]) -> None:
     assert data.members(bought(within)) == expected
@@ -254,20 +257,23 @@ def test_bad_windows_fail_with_a_reason(within: dict[str, Any], message: str) ->
 # --- purchase aggregates --------------------------------------------------------------------------
 
 
+PURCHASE_CASES = [
+    ({"within": {"last_days": 90}, "orders": {"eq": 0}}, {"C04", "C05", "C09"}),  # incl. never-buyers
+    ({"within": {"period": "this_year"}, "spend": {"gte": 1_000_000}}, {"C03", "C07"}),
+    ({"spend": {"gte": 1_000_000}}, {"C03", "C04", "C07"}),  # o8 at as_of is not spent yet
+    ({"within": {"period": "this_year"}, "spend": {"lt": 300_000}}, {"C04", "C05", "C09", "C10"}),
+    ({"orders": {"gte": 2}}, {"C03", "C08", "C10"}),
+    ({"orders": {"gte": 1, "lte": 1}, "category": "backpack"}, {"C01", "C02", "C03", "C04", "C06", "C10"}),
+    ({"category": "backpack", "within": {"last_days": 30}}, {"C01", "C02", "C03", "C06"}),
+    ({"category": "wallet", "orders": {"eq": 0}}, ALL - {"C03", "C08", "C10"}),
+    ({"product": "P-010", "min_orders": 2}, {"C08"}),
+    ({"spend": {"gte": 400_000}, "orders": {"gte": 2}}, {"C03", "C08"}),
+]
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [
-        ({"within": {"last_days": 90}, "orders": {"eq": 0}}, {"C04", "C05", "C09"}),  # incl. never-buyers
-        ({"within": {"period": "this_year"}, "spend": {"gte": 1_000_000}}, {"C03", "C07"}),
-        ({"spend": {"gte": 1_000_000}}, {"C03", "C04", "C07"}),  # o8 at as_of is not spent yet
-        ({"within": {"period": "this_year"}, "spend": {"lt": 300_000}}, {"C04", "C05", "C09", "C10"}),
-        ({"orders": {"gte": 2}}, {"C03", "C08", "C10"}),
-        ({"orders": {"gte": 1, "lte": 1}, "category": "backpack"}, {"C01", "C02", "C03", "C04", "C06", "C10"}),
-        ({"category": "backpack", "within": {"last_days": 30}}, {"C01", "C02", "C03", "C06"}),
-        ({"category": "wallet", "orders": {"eq": 0}}, ALL - {"C03", "C08", "C10"}),
-        ({"product": "P-010", "min_orders": 2}, {"C08"}),
-        ({"spend": {"gte": 400_000}, "orders": {"gte": 2}}, {"C03", "C08"}),
-    ],
+    PURCHASE_CASES,
 )
 def test_purchase_counts_and_spend(data: Data, spec: dict[str, Any], expected: set[str]) -> None:
     assert data.members({"purchased": spec}) == expected
@@ -283,29 +289,56 @@ def test_min_orders_and_orders_cannot_both_be_given() -> None:
 # --- web events -----------------------------------------------------------------------------------
 
 
+DID_CASES = [
+    ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"gte": 5}}, {"C01"}),
+    ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"gte": 4}}, {"C01", "C02"}),
+    ({"event": "page_view", "where": {"page_equals": SHOP + "/"}, "times": {"gte": 5}}, set()),
+    ({"event": "page_view", "where": {"page_contains": "KHUYEN-MAI"}}, {"C05"}),
+    ({"event": "cta_click"}, {"C05"}),
+    ({"event": "select_promotion"}, {"C07"}),
+    ({"event": "add_to_cart", "within": {"period": "today"}}, {"C07"}),
+    ({"event": "select_promotion", "within": {"period": "this_week"}}, set()),
+    (
+        {"event": "view_item", "where": {"category": "BACKPACK"}, "within": {"period": "this_week"}},
+        {"C04", "C05", "C06"},
+    ),
+    ({"event": "view_item", "where": {"item": ["P-005"]}}, {"C05"}),
+    ({"event": "view_item", "where": {"item": "P-001"}, "times": {"eq": 0}}, ALL - {"C04", "C05", "C10"}),
+    ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"lt": 5}}, ALL - {"C01"}),
+    ({"event": "my_newsletter_signup", "custom": True}, set()),
+]
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [
-        ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"gte": 5}}, {"C01"}),
-        ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"gte": 4}}, {"C01", "C02"}),
-        ({"event": "page_view", "where": {"page_equals": SHOP + "/"}, "times": {"gte": 5}}, set()),
-        ({"event": "page_view", "where": {"page_contains": "KHUYEN-MAI"}}, {"C05"}),
-        ({"event": "cta_click"}, {"C05"}),
-        ({"event": "select_promotion"}, {"C07"}),
-        ({"event": "add_to_cart", "within": {"period": "today"}}, {"C07"}),
-        ({"event": "select_promotion", "within": {"period": "this_week"}}, set()),
-        (
-            {"event": "view_item", "where": {"category": "BACKPACK"}, "within": {"period": "this_week"}},
-            {"C04", "C05", "C06"},
-        ),
-        ({"event": "view_item", "where": {"item": ["P-005"]}}, {"C05"}),
-        ({"event": "view_item", "where": {"item": "P-001"}, "times": {"eq": 0}}, ALL - {"C04", "C05", "C10"}),
-        ({"event": "page_view", "where": {"page_equals": "/"}, "times": {"lt": 5}}, ALL - {"C01"}),
-        ({"event": "my_newsletter_signup", "custom": True}, set()),
-    ],
+    DID_CASES,
 )
 def test_did_counts_matching_events(data: Data, spec: dict[str, Any], expected: set[str]) -> None:
     assert data.members({"did": spec}) == expected
+
+
+def test_clauses_compiled_together_share_scans_and_keep_their_own_answers(data: Data) -> None:
+    """``compile_many`` (one pass over purchases, one over events, as segment runs use it) gives each
+    clause exactly the members it has alone; a mix-up of the shared per-clause columns would not."""
+    cases = (
+        [({"purchased": {"within": w}}, e) for w, e in WINDOW_CASES]
+        + [({"purchased": spec}, e) for spec, e in PURCHASE_CASES]
+        + [({"did": spec}, e) for spec, e in DID_CASES]
+        + [
+            ({"first_page": {"equals": "/"}}, {"C01"}),
+            ({"field": "birthday", "op": "is_set"}, {k for k, v in BIRTHDAYS.items() if v is not None}),
+        ]
+    )
+    rules = {
+        f"c{i}": Segment.model_validate({"name": "s", "title": "S", "rule": rule}).rule
+        for i, (rule, _) in enumerate(cases)
+    }
+    compiler = data.compiler(RUN)
+    columns = compiler.compile_many(rules)
+    f = compiler.f
+    table = f.select(f.customer_key, **{n: c.fill_null(False) for n, c in columns.items()}).to_pandas()
+    got = {n: set(table.loc[table[n], "customer_key"]) for n in rules}
+    assert got == {f"c{i}": expected for i, (_, expected) in enumerate(cases)}
 
 
 @pytest.mark.parametrize(
@@ -480,11 +513,11 @@ def test_split_groups_are_pinned_and_independent_of_other_members() -> None:
     # Pinned: a change of hash or bucketing would move customers between test and hold-out.
     assert [split.group_of(k) for k in ("C01", "C02", "C03")] == ["test", "holdout", "test"]
     cfg = _config({"name": "campaign", "rule": {"field": "orders", "op": "gte", "value": 0}, "split": SPLIT})
-    few = finalize(cfg, {"campaign": ["C02", "C03"]})
-    many = finalize(cfg, {"campaign": sorted(ALL)})
+    few = finalize(cfg, Evaluation.of({"campaign": ["C02", "C03"]}))
+    many = finalize(cfg, Evaluation.of({"campaign": sorted(ALL)}))
     merged = few.merge(many, on=["segment", "customer_key"], suffixes=("_few", "_many"))
     assert len(merged) == 2 and (merged["group_few"] == merged["group_many"]).all()
-    assert list(few.columns) == ["segment", "customer_key", "group"]
+    assert list(few.columns) == ["segment", "customer_key", "group", "reasons"]
 
 
 def test_holdout_share_is_close_to_the_configured_percentage() -> None:
@@ -515,12 +548,14 @@ def test_priority_group_keeps_each_customer_in_the_highest_priority_segment() ->
     )
     out = finalize(
         cfg,
-        {
-            "vip": ["C01"],
-            "active": ["C01", "C02", "C03"],
-            "lapsed": ["C02", "C03", "C04"],
-            "newsletter": ["C01", "C02"],
-        },
+        Evaluation.of(
+            {
+                "vip": ["C01"],
+                "active": ["C01", "C02", "C03"],
+                "lapsed": ["C02", "C03", "C04"],
+                "newsletter": ["C01", "C02"],
+            }
+        ),
     )
     got = {seg: set(frame["customer_key"]) for seg, frame in out.groupby("segment")}
     assert got == {"vip": {"C01"}, "active": {"C02", "C03"}, "lapsed": {"C04"}, "newsletter": {"C01", "C02"}}
