@@ -320,23 +320,16 @@ class Compiler:
         return self.f.customer_key.isin(browsers.customer_key)
 
     def _first_page(self, rule: FirstPage) -> ir.BooleanValue:
+        # The feature table already holds each customer's first page (features/build.py: the earliest
+        # page_view with a page before the run's as-of instant, the smallest page on a tie). Reading it
+        # keeps one definition of "first page" and spares ranking every page view of every customer.
         match: PageMatch = rule.first_page
-        e = self._events("first_page")
-        views = e.filter(
-            e.customer_key.notnull() & (e.event_name == "page_view") & (e.event_at < ibis.literal(self.window.as_of))
-        )
-        # The page of the earliest view, the smallest page when views share that instant: two
-        # aggregations and a join, where ranking every view per customer would sort them all.
-        earliest = views.group_by("customer_key").aggregate(first_at=views.event_at.min())
-        at_first = views.join(
-            earliest, [views.customer_key == earliest.customer_key, views.event_at == earliest.first_at]
-        )
-        first = at_first.group_by("customer_key").aggregate(page=at_first.page_location.min())
+        if "first_page" not in self.f.columns:
+            raise ValueError("rule 'first_page' needs the first_page column in the feature table")
+        page = self.f.first_page
         if match.contains is not None:
-            hit = first.page.lower().contains(match.contains.lower())
-        else:
-            hit = _page_equals(first.page, str(match.equals))
-        return self.f.customer_key.isin(first.filter(hit).customer_key)
+            return page.lower().contains(match.contains.lower())
+        return _page_equals(page, str(match.equals))
 
     def _birthday(self, rule: Birthday) -> ir.BooleanValue:
         spec = rule.birthday

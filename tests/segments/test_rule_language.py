@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -139,6 +139,11 @@ def _frames() -> dict[str, pd.DataFrame]:
         ]
     )
     events["event_at"] = pd.to_datetime(events["event_at"]).dt.as_unit("us")
+    # first_page is a feature (features/build.py); here it is derived from EVENTS independently: the
+    # earliest page view before the run's as-of instant, the smaller page on a tie.
+    views = events[(events["event_name"] == "page_view") & (events["event_at"] < _utc(str(RUN + timedelta(days=1))))]
+    first = views.sort_values(["event_at", "page_location"]).groupby("customer_key")["page_location"].first()
+    features["first_page"] = features["customer_key"].map(first)
     for col in ("customer_key", "item_ids", "item_categories"):
         events[col] = events[col].astype("string")
     return {"features": features, "purchases": purchases, "events": events, "stores": STORES}
