@@ -226,6 +226,17 @@ def _build_lake(folder: Path) -> Lake:
             orders_last_90d=sum(1 for t in before if (RUN_DATE - t.astimezone(TZ).date()).days < 90),
             discount_share=[0.0, 0.25, 0.5, 0.75, None][i % 5] if orders else None,
             preferred_channel=[None, "store", "online"][i % 3] if orders else None,
+            # The home page with and without a query, a path-only URL, mixed case and empty values:
+            # where the engines' regular expressions and case folding could disagree.
+            first_page=[
+                "https://shop.vn/",
+                "https://shop.vn/Blog/tips?x=1",
+                "/?utm_source=fb",
+                "https://shop.vn/blog#top",
+                "https://shop.vn/c/backpack",
+                "",
+                None,
+            ][i % 7],
         )
         born = row["birthday"]
         home = [STORES["S001"], STORES["S_HN"], STORES["S_DN"], (10.0452, 105.7469), None][i % 5]
