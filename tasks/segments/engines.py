@@ -152,13 +152,16 @@ def evaluate_memberships(
 ) -> dict[str, set[str]]:
     """Raw members of every segment (before priority groups and splits), computed on ``con``'s engine.
 
-    Priority groups and splits are applied afterwards in Python (``evaluate.finalize``), identically
-    for every engine, so only this part needs parity. Same semantics as the pipeline: a rule that is
-    NULL for a customer (missing value) leaves them out. Web events and stores are optional like in
-    the pipeline; rules that need a missing one fail when compiled. Sets, because engines guarantee
-    no row order.
+    The same path as a pipeline run (``evaluate.evaluate_all``: every clause of every segment in one
+    query, event clauses sharing their scans), so parity is proven for what runs. Priority groups and
+    splits are applied afterwards in Python (``evaluate.finalize``), identically for every engine, so
+    only this part needs parity. A rule that is NULL for a customer (missing value) leaves them out.
+    Web events and stores are optional like in the pipeline; rules that need a missing one fail when
+    compiled. Sets, because engines guarantee no row order.
     """
-    segs = segments.segments if isinstance(segments, SegmentsConfig) else list(segments)
+    from tasks.segments.evaluate import evaluate_all  # evaluate imports this module
+
+    segs = segments if isinstance(segments, SegmentsConfig) else SegmentsConfig(segments=list(segments))
     features = read_parquet(con, features_path)
     compiler = Compiler(
         features,
@@ -166,16 +169,15 @@ def evaluate_memberships(
         window,
         events=read_parquet(con, events_path) if events_path is not None else None,
         stores=read_parquet(con, stores_path) if stores_path is not None else None,
-        segments={s.name: s.rule for s in segs},
+        segments={s.name: s.rule for s in segs.segments},
     )
-    out: dict[str, set[str]] = {}
-    for seg in segs:
-        try:
-            expr = compiler.compile(seg.rule).fill_null(False)
-            keys = features.filter(expr).select("customer_key").to_pyarrow()
-        except Exception as exc:
-            # Engine errors quote generated SQL, not the rule; name the segment so it can be found.
-            raise RuntimeError(f"segment {seg.name!r} could not be evaluated on {con.name}: {exc}") from exc
-        out[seg.name] = {k for k in keys.column("customer_key").to_pylist() if k is not None}
-        log.info("segment %s on %s: %d members", seg.name, con.name, len(out[seg.name]))
+    try:
+        evaluation = evaluate_all(compiler, features, segs)
+    except Exception as exc:
+        # Engine errors quote generated SQL, not the rules; say which run failed.
+        names = ", ".join(s.name for s in segs.segments)
+        raise RuntimeError(f"segments could not be evaluated on {con.name} ({names}): {exc}") from exc
+    out = {seg.name: set(evaluation.members(seg.name)) - {None} for seg in segs.segments}
+    for name, members in out.items():
+        log.info("segment %s on %s: %d members", name, con.name, len(members))
     return out
