@@ -129,10 +129,18 @@ def deciding_codes(
     paths = list(masks)
     if not paths or rows == 0:
         return np.zeros(rows, dtype=np.int64), [""]
-    bits = np.column_stack([np.broadcast_to(masks[p], (rows,)) for p in paths])
-    packed = np.packbits(bits, axis=1)  # one row of bytes per customer: which clauses decided it
-    combos, codes = np.unique(packed, axis=0, return_inverse=True)
-    used = np.unpackbits(combos, axis=1, count=len(paths)).astype(bool)
+    # Which clauses decided each customer, as one integer (a bit per clause) hashed into codes: a hash
+    # per customer rather than sorting rows of bits. Over 64 clauses the rows of bits are sorted instead.
+    if len(paths) <= 64:
+        word = np.zeros(rows, dtype=np.uint64)
+        for bit, p in enumerate(paths):
+            word |= np.broadcast_to(masks[p], (rows,)).astype(np.uint64) << np.uint64(bit)
+        codes, combos = pd.factorize(word)
+        used = [[bool(int(combo) >> bit & 1) for bit in range(len(paths))] for combo in combos]
+    else:
+        bits = np.column_stack([np.broadcast_to(masks[p], (rows,)) for p in paths])
+        packed, codes = np.unique(np.packbits(bits, axis=1), axis=0, return_inverse=True)
+        used = np.unpackbits(packed, axis=1, count=len(paths)).astype(bool).tolist()
     texts = ["; ".join(labels[p] for p, on in zip(paths, row, strict=True) if on) for row in used]
     return codes.reshape(-1).astype(np.int64), texts
 

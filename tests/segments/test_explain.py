@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from tasks.segments.explain import deciding_clauses, label, leaves, outcome
+from tasks.segments.explain import deciding_clauses, deciding_text, label, leaves, outcome
 from tasks.segments.rules import Segment
 
 
@@ -67,3 +68,17 @@ def test_non_members_are_explained_by_the_clauses_that_failed() -> None:
 def test_event_clause_labels_fall_back_to_their_yaml() -> None:
     rule = rule_of({"purchased": {"category": "backpack", "within": {"last_days": 30}}})
     assert label(leaves(rule)[0].node) == "purchased: {category: [backpack], within: {last_days: 30}}"
+
+
+def test_wide_rules_explain_the_same_as_narrow_ones() -> None:
+    """Rules of up to 64 clauses take the integer path, wider ones the bit-row path: for each member,
+    both must name exactly the clauses that hold, in the rule's order."""
+    rng = np.random.default_rng(5)
+    for width in (3, 64, 70):
+        rule = rule_of({"any": [{"field": "orders", "op": "gte", "value": i} for i in range(width)]})
+        paths = [leaf.path for leaf in leaves(rule)]
+        arrays = {p: rng.random(200) < 0.05 for p in paths}
+        texts = deciding_text(rule, arrays, 200)
+        for row in range(200):
+            expected = "; ".join(f"orders ≥ {i}" for i, p in enumerate(paths) if arrays[p][row])
+            assert texts[row] == expected
