@@ -9,6 +9,7 @@ row pass, e.g. ``orders: {eq: 0}``), so the result stays one boolean column of t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -42,8 +43,8 @@ from tasks.segments.windows import bounds, shift_months
 from tasks.settings import RunWindow
 
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG); error vs. the ellipsoid < 0.5 % at these distances
-# Optional scheme://host, then the path up to any query or fragment.
-_PATH_RE = r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?([^?#]*)"
+# An optional scheme://host before a page's path; the path ends at a query, a fragment or the end.
+_ORIGIN_RE = r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?"
 
 
 def _and(parts: Iterable[ir.BooleanValue]) -> ir.BooleanValue:
@@ -67,10 +68,15 @@ def _count_expr(count: Count, col: ir.NumericValue) -> ir.BooleanValue:
 
 
 def _page_equals(page: ir.StringValue, value: str) -> ir.BooleanValue:
+    """Whether the page is ``value``: a whole URL as written, or a path ("/" also matches a bare host).
+
+    One anchored match per row, not extracting the path and comparing it: event clauses test this on
+    every page view. ``re.escape`` output is literal text in both RE2 (DuckDB) and Java (Spark).
+    """
     if not value.startswith("/"):
         return page == value
-    path = page.re_extract(_PATH_RE, 1)
-    return ibis.ifelse(path == "", "/", path) == value
+    path = "/?" if value == "/" else re.escape(value)
+    return page.re_search(_ORIGIN_RE + path + r"(?:[?#]|$)")
 
 
 def anniversary_days(days: Iterable[date]) -> list[int]:
