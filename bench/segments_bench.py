@@ -78,12 +78,13 @@ def run_product(data: Path, work: Path) -> dict[str, Any]:
     """The product as the pipeline runs it, minus the lake: views over the inputs, the query, a Parquet write."""
     import duckdb
 
-    from tasks.features.build import compute_features
+    from tasks.features.build import compute_features, configure_connection
     from tasks.features.catalog import crm_features, load_features_config
 
     extras = crm_features(load_features_config(CONFIG))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    configure_connection(con)  # as build_features does
     for view in segdata.TABLES:
         con.read_parquet(segdata.files(data, view)).create_view(view)
     started = time.perf_counter()
@@ -118,11 +119,12 @@ def run_profile(data: Path, work: Path) -> dict[str, Any]:
     are named by their CTE). Operator times are summed over threads, so they exceed wall time."""
     import duckdb
 
-    from tasks.features.build import compute_features
+    from tasks.features.build import compute_features, configure_connection
     from tasks.features.catalog import crm_features, load_features_config
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    configure_connection(con)  # as build_features does
     for view in segdata.TABLES:
         con.read_parquet(segdata.files(data, view)).create_view(view)
     con.execute("PRAGMA enable_profiling = 'json'")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -24,7 +25,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks import settings
 from tasks.current import register_current
@@ -120,6 +123,9 @@ INPUTS: dict[str, dict[str, str]] = {
 
 EARTH_RADIUS_KM = 6371.0
 
+# DuckDB memory limit for the feature query, e.g. "2GB" (see configure_connection); unset, DuckDB's default.
+MEMORY_LIMIT_ENV = "AUDIENCES_FEATURES_MEMORY_LIMIT"
+
 _SQL = """
 WITH p AS (
     SELECT *,
@@ -175,16 +181,16 @@ oc AS (
     ) c JOIN in_keymap km ON km.customer_id = c.customer_id
 ),
 store_pref AS (
-    SELECT customer_key, store_id AS preferred_store FROM (
-        SELECT customer_key, store_id,
-               row_number() OVER (PARTITION BY customer_key ORDER BY sum(n) DESC, store_id) AS rn
-        FROM oc GROUP BY customer_key, store_id) WHERE rn = 1
+    -- The store with the most orders, ties to the smaller id (an empty store last), as the least
+    -- (-orders, empty, id) triple: one aggregate per customer instead of ranking every customer-store row.
+    SELECT customer_key, min(struct_pack(n := -n, missing := store_id IS NULL, v := store_id)).v AS preferred_store
+    FROM (SELECT customer_key, store_id, sum(n) AS n FROM oc GROUP BY customer_key, store_id)
+    GROUP BY customer_key
 ),
 channel_pref AS (
-    SELECT customer_key, channel AS preferred_channel FROM (
-        SELECT customer_key, channel,
-               row_number() OVER (PARTITION BY customer_key ORDER BY sum(n) DESC, channel) AS rn
-        FROM oc GROUP BY customer_key, channel) WHERE rn = 1
+    SELECT customer_key, min(struct_pack(n := -n, missing := channel IS NULL, v := channel)).v AS preferred_channel
+    FROM (SELECT customer_key, channel, sum(n) AS n FROM oc GROUP BY customer_key, channel)
+    GROUP BY customer_key
 ),
 pl AS NOT MATERIALIZED (
     -- Only the last 365 days matter (the widest window of the lists below). Its two readers each scan
@@ -254,9 +260,6 @@ ws AS (
 ),
 web AS (
     SELECT customer_key,
-           count(DISTINCT session_id) FILTER (WHERE in_7d) AS web_sessions_7d,
-           count(DISTINCT session_id) FILTER (WHERE in_30d) AS web_sessions_30d,
-           count(DISTINCT session_id) FILTER (WHERE in_90d) AS web_sessions_90d,
            sum(page_views_7d) AS page_views_7d,
            sum(page_views_30d) AS page_views_30d,
            sum(page_views_90d) AS page_views_90d,
@@ -271,17 +274,29 @@ web AS (
            min(first_page).u AS first_page
     FROM ws GROUP BY customer_key
 ),
+sessions AS (
+    -- Distinct sessions per customer: each (customer, session) once with its windows, then counted. One
+    -- pass instead of a count(DISTINCT) per window, each of which builds its own distinct table.
+    SELECT customer_key,
+           count(*) FILTER (WHERE in_7d) AS web_sessions_7d,
+           count(*) FILTER (WHERE in_30d) AS web_sessions_30d,
+           count(*) FILTER (WHERE in_90d) AS web_sessions_90d
+    FROM (SELECT customer_key, session_id, bool_or(in_7d) AS in_7d, bool_or(in_30d) AS in_30d, bool_or(in_90d) AS in_90d
+          FROM ws WHERE session_id IS NOT NULL GROUP BY customer_key, session_id)
+    GROUP BY customer_key
+),
 device_pref AS (
-    SELECT customer_key, device_category FROM (
-        SELECT customer_key, device_category,
-               row_number() OVER (PARTITION BY customer_key ORDER BY sum(events) DESC, device_category) AS rn
-        FROM ws WHERE device_category IS NOT NULL GROUP BY customer_key, device_category) WHERE rn = 1
+    -- The device with the most events, ties to the smaller name (as store_pref)
+    SELECT customer_key, min(struct_pack(n := -events, v := device_category)).v AS device_category
+    FROM (SELECT customer_key, device_category, sum(events) AS events
+          FROM ws WHERE device_category IS NOT NULL GROUP BY customer_key, device_category)
+    GROUP BY customer_key
 ),
 browser_pref AS (
-    SELECT customer_key, browser FROM (
-        SELECT customer_key, browser,
-               row_number() OVER (PARTITION BY customer_key ORDER BY sum(events) DESC, browser) AS rn
-        FROM ws WHERE browser IS NOT NULL GROUP BY customer_key, browser) WHERE rn = 1
+    SELECT customer_key, min(struct_pack(n := -events, v := browser)).v AS browser
+    FROM (SELECT customer_key, browser, sum(events) AS events
+          FROM ws WHERE browser IS NOT NULL GROUP BY customer_key, browser)
+    GROUP BY customer_key
 ),
 viewed AS (
     SELECT DISTINCT customer_key, trim(item) AS product_id FROM (
@@ -308,19 +323,24 @@ located AS (
     SELECT customer_key, latitude, longitude, cos(radians(latitude)) AS cos_lat FROM p
     WHERE latitude IS NOT NULL AND longitude IS NOT NULL
 ),
+stores_by_id AS (
+    -- Every open store in one list ordered by id, so the first of equally near stores is the smaller id.
+    SELECT list(struct_pack(id := store_id, lat := latitude, lon := longitude, cos_lat := cos_lat) ORDER BY store_id)
+               AS stores
+    FROM st
+),
 nearest AS (
-    -- The least (distance, store id) pair, instead of ranking the whole customer x store product:
-    -- the nearest store, ties going to the smaller id, and its distance.
-    SELECT customer_key, nearest.s AS nearest_store, nearest.d AS distance_to_nearest_store_km
+    -- The least (distance, store id) pair per customer, instead of ranking the whole customer x store product:
+    -- the distances to every store as one list per customer (no customer x store rows to group), its
+    -- minimum, and the first store at that distance. Empty when there is no open store with coordinates.
+    SELECT customer_key, stores[list_position(km, list_min(km))].id AS nearest_store,
+           list_min(km) AS distance_to_nearest_store_km
     FROM (
-        SELECT customer_key, min(struct_pack(d := km, s := store_id)) AS nearest
-        FROM (
-            SELECT c.customer_key, st.store_id,
-                   2 * $radius_km * asin(sqrt(least(1.0,
-                       power(sin(radians(st.latitude - c.latitude) / 2), 2)
-                       + c.cos_lat * st.cos_lat * power(sin(radians(st.longitude - c.longitude) / 2), 2)))) AS km
-            FROM located c CROSS JOIN st)
-        GROUP BY customer_key)
+        SELECT c.customer_key, s.stores,
+               list_transform(s.stores, lambda st: 2 * $radius_km * asin(sqrt(least(1.0,
+                   power(sin(radians(st.lat - c.latitude) / 2), 2)
+                   + c.cos_lat * st.cos_lat * power(sin(radians(st.lon - c.longitude) / 2), 2))))) AS km
+        FROM located c CROSS JOIN stores_by_id s)
 ),
 surveys AS (
     SELECT km.customer_key,
@@ -354,7 +374,7 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        coalesce(sv.nps_avg, p.nps_latest) AS nps_avg,
        coalesce(sv.csat_avg, p.csat_latest) AS csat_avg,
        CAST(coalesce(sv.survey_answers, 0) AS BIGINT) AS survey_answers,
-       CAST(coalesce(web.web_sessions_30d, 0) AS BIGINT) AS web_sessions_30d,
+       CAST(coalesce(ses.web_sessions_30d, 0) AS BIGINT) AS web_sessions_30d,
        CAST(coalesce(web.page_views_30d, 0) AS BIGINT) AS page_views_30d,
        CAST(coalesce(web.product_views_30d, 0) AS BIGINT) AS product_views_30d,
        CAST(coalesce(web.add_to_cart_30d, 0) AS BIGINT) AS add_to_cart_30d,
@@ -379,8 +399,8 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(coalesce(a.vouchers_used_90d, 0) AS BIGINT) AS vouchers_used_90d,
        CAST(coalesce(a.vouchers_used_365d, 0) AS BIGINT) AS vouchers_used_365d,
        n.distance_to_nearest_store_km, n.nearest_store,
-       CAST(coalesce(web.web_sessions_7d, 0) AS BIGINT) AS web_sessions_7d,
-       CAST(coalesce(web.web_sessions_90d, 0) AS BIGINT) AS web_sessions_90d,
+       CAST(coalesce(ses.web_sessions_7d, 0) AS BIGINT) AS web_sessions_7d,
+       CAST(coalesce(ses.web_sessions_90d, 0) AS BIGINT) AS web_sessions_90d,
        CAST(coalesce(web.page_views_7d, 0) AS BIGINT) AS page_views_7d,
        CAST(coalesce(web.page_views_90d, 0) AS BIGINT) AS page_views_90d,
        CAST(coalesce(web.product_views_7d, 0) AS BIGINT) AS product_views_7d,
@@ -402,6 +422,7 @@ LEFT JOIN channel_pref cp USING (customer_key)
 LEFT JOIN bought b USING (customer_key)
 LEFT JOIN bought_products bpr USING (customer_key)
 LEFT JOIN web USING (customer_key)
+LEFT JOIN sessions ses USING (customer_key)
 LEFT JOIN device_pref dp USING (customer_key)
 LEFT JOIN browser_pref bp USING (customer_key)
 LEFT JOIN viewed_not_bought vnb USING (customer_key)
@@ -554,6 +575,60 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, extras: Sequence[Feature]) 
     con.execute(f"CREATE OR REPLACE TEMP VIEW in_keymap AS {body}")
 
 
+def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
+    """Settings for a connection of your own that runs the feature query.
+
+    ``preserve_insertion_order`` is off because the query orders its result explicitly, so operators need
+    not buffer rows to keep their input order; whatever DuckDB spills goes under the working area. The
+    memory limit stays DuckDB's (80 % of the machine) unless ``AUDIENCES_FEATURES_MEMORY_LIMIT`` sets one:
+    at a million customers a 2GB limit brought the peak to 2.3-3.3 GiB but made the query about 40 % slower
+    (spilling), and a 2.5GB one failed outright ("failed to pin block"), so a default limit would trade a
+    failed run for memory.
+    """
+    spill = settings.home() / "tmp" / "duckdb"
+    spill.mkdir(parents=True, exist_ok=True)
+    con.execute("SET temp_directory = ?", [str(spill)])
+    con.execute("SET preserve_insertion_order = false")
+    limit = os.environ.get(MEMORY_LIMIT_ENV)
+    if limit:
+        con.execute("SET memory_limit = ?", [limit])
+
+
+# Rows per Arrow batch when streaming the result out of DuckDB.
+_BATCH_ROWS = 100_000
+
+
+def _frame_like_duckdb(table: pa.Table) -> pd.DataFrame:
+    """``table`` as the pandas frame DuckDB's ``.df()`` gives for the same result, column for column.
+
+    The result is streamed out as Arrow rather than fetched with ``.df()``, which first materialises the
+    whole result inside DuckDB and then copies it (at a million customers that doubled the peak memory).
+    The dtypes stay those of ``.df()`` because the lake manifest and every reader of the feature table
+    depend on them: integers and booleans with nulls become pandas' nullable types (plain numpy types
+    without), dates ``datetime64[us]``, strings pandas' Arrow-backed ``str`` (object when all empty).
+    """
+    string = pd.StringDtype("pyarrow", na_value=np.nan)
+    columns: dict[str, pd.Series] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        kind = col.type
+        if pa.types.is_date(kind):
+            columns[name] = col.cast(pa.timestamp("us")).to_pandas()
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            if col.null_count == len(col):
+                columns[name] = pd.Series([None] * len(col), dtype=object)
+            else:
+                columns[name] = col.to_pandas(types_mapper={kind: string}.get)
+        elif pa.types.is_integer(kind) and col.null_count:
+            sign = "U" if pa.types.is_unsigned_integer(kind) else ""
+            nullable = pd.api.types.pandas_dtype(f"{sign}Int{kind.bit_width}")
+            columns[name] = col.to_pandas(types_mapper={kind: nullable}.get)
+        elif pa.types.is_boolean(kind) and col.null_count:
+            columns[name] = col.to_pandas(types_mapper={kind: pd.BooleanDtype()}.get)
+        else:
+            columns[name] = col.to_pandas()
+    return pd.DataFrame(columns)
+
+
 def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: Sequence[Feature] = ()) -> pd.DataFrame:
     """Run the feature query on views already in ``con``: ``customers``, ``orders`` and ``web_events``,
     and when available ``purchases`` (unified purchase lines), ``survey_responses`` and ``stores``.
@@ -565,7 +640,9 @@ def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: 
     extra_sql = "".join(f",\n       p.{_quote(f.name)}" for f in extras)
     sql, params = _day_sql(_SQL.replace("{extras}", extra_sql), window)
     params |= {"as_of": window.as_of, "run_date": window.run_date, "radius_km": EARTH_RADIUS_KM}
-    frame = con.execute(sql, params).df()
+    table = con.sql(sql, params=params).to_arrow_reader(_BATCH_ROWS).read_all()
+    frame = _frame_like_duckdb(table)
+    del table  # the frame holds what it needs (strings share the Arrow buffers)
     columns = COLUMNS + [f.name for f in extras]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -581,6 +658,7 @@ def build_features(
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        configure_connection(con)
         con.read_parquet(lake.local_files("unified", UNIFIED, "customers", day)).create_view("customers")
         con.read_parquet(lake.local_files("unified", UNIFIED, "purchases", day)).create_view("purchases")
         if lake.exists("unified", UNIFIED, "keymap", day):
