@@ -9,7 +9,6 @@ Vietnamese upper/lower case, NULL vs empty text).
 from __future__ import annotations
 
 import random
-import time
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 RUN_DATE = date(2026, 11, 24)
 WINDOW = RunWindow(RUN_DATE, TZ)
 N_CUSTOMERS = 50
-SPARK_BUDGET_S = 90  # ~16 s on an idle 2-core machine; generous for a loaded CI runner
 
 # Rules exercising every operator and rule kind; names ending in "_none" are expected to match nobody.
 EXTRA_RULES: dict[str, dict[str, Any]] = {
@@ -349,7 +347,6 @@ class Results:
     duckdb: dict[str, set[str]]
     spark: dict[str, set[str]]
     spark_file_list: dict[str, set[str]]
-    spark_seconds: float
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +358,6 @@ def results(lake: Lake) -> Results:
         on_duckdb = evaluate_memberships(duck, *lake.paths(), WINDOW, segments, **lake.optional())
     finally:
         duck.disconnect()
-    started = time.monotonic()
     spark = connect("spark")  # a missing Java raises here with an explanation: the tests fail, never skip
     try:
         on_spark = evaluate_memberships(spark, *lake.paths(), WINDOW, segments, **lake.optional())
@@ -369,7 +365,7 @@ def results(lake: Lake) -> Results:
         file_list = evaluate_memberships(spark, [lake.features, lake.features], lake.purchases, WINDOW, segments[:2])
     finally:
         spark.disconnect()
-    return Results(on_duckdb, on_spark, file_list, time.monotonic() - started)
+    return Results(on_duckdb, on_spark, file_list)
 
 
 def test_every_segment_has_identical_members_on_duckdb_and_spark(results: Results) -> None:
@@ -413,12 +409,6 @@ def test_boundaries_land_where_the_business_day_says(results: Results) -> None:
 def test_a_file_list_reads_as_one_table_on_spark(results: Results) -> None:
     first_two = list(results.spark)[:2]
     assert results.spark_file_list == {n: results.spark[n] for n in first_two}
-
-
-def test_spark_start_and_evaluation_stay_quick(results: Results) -> None:
-    assert results.spark_seconds < SPARK_BUDGET_S, (
-        f"Spark start + {len(results.spark)} segments took {results.spark_seconds:.1f}s"
-    )
 
 
 def test_extra_rules_cover_every_operator_rule_kind_and_option() -> None:
