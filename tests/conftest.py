@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tasks import settings
 from tasks.sample import SampleData, generate, write
 
 RUN_DATE = date(2026, 11, 24)
+PG_SERVER = "127.0.0.1:5432"  # the machine's PostgreSQL (tests of real PostgreSQL behaviour use it)
 
 
 @pytest.fixture(autouse=True)
@@ -94,3 +99,49 @@ def run_stages() -> Callable[..., dict[str, Any]]:
         return {"extracts": extracts, "reports": reports, "segments": segments}
 
     return run
+
+
+@pytest.fixture(scope="module")
+def pg_admin() -> Iterator[sa.Engine]:
+    """AUTOCOMMIT engine on the local PostgreSQL's maintenance database; a test that needs PostgreSQL
+    fails when it is not running (a module may override this fixture to skip instead)."""
+    engine = sa.create_engine(
+        f"postgresql+psycopg2://postgres@{PG_SERVER}/postgres",
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 5},
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.fail(f"PostgreSQL not reachable on {PG_SERVER}: {exc.orig}", pytrace=False)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def fresh_database(pg_admin: sa.Engine) -> Callable[[str], AbstractContextManager[str]]:
+    """``with fresh_database("prefix") as url:`` a new, empty database on ``pg_admin``'s server; on the
+    way out its connections are terminated and it is dropped, also when the test failed."""
+
+    @contextlib.contextmanager
+    def make(prefix: str) -> Iterator[str]:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        quoted = pg_admin.dialect.identifier_preparer.quote(name)
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+        try:
+            yield pg_admin.url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with pg_admin.connect() as conn:
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = :d AND pid <> pg_backend_pid()"
+                    ),
+                    {"d": name},
+                )
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}"))
+
+    return make

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,8 +25,6 @@ from tasks.lake import Lake, open_lake
 from tasks.settings import RunWindow
 from tasks.state.store import StateStore
 
-SERVER = "127.0.0.1:5432"
-ADMIN_URL = f"postgresql+psycopg2://postgres@{SERVER}/postgres"
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 DAY1, DAY2 = "2026-11-24", "2026-11-25"
 LOOKBACK = timedelta(hours=6)
@@ -66,42 +65,17 @@ LATE = {"L1": DAY1_WATERMARK - timedelta(hours=2)}  # committed late: before the
 
 
 @pytest.fixture
-def admin() -> Iterator[sa.Engine]:
-    engine = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL not reachable on {SERVER}: {exc.orig}", pytrace=False)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pos_db(admin: sa.Engine) -> Iterator[sa.Engine]:
+def pos_db(fresh_database: Callable[[str], AbstractContextManager[str]]) -> Iterator[sa.Engine]:
     """A fresh database with the POS tables; terminated and dropped even when the test fails."""
-    name = f"audiences_{uuid.uuid4().hex}"
-    quoted = admin.dialect.identifier_preparer.quote(name)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
-    engine = sa.create_engine(f"postgresql+psycopg2://postgres@{SERVER}/{name}")
-    try:
-        with engine.begin() as conn:
-            for ddl in SCHEMA:
-                conn.execute(sa.text(ddl))
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": name},
-            )
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}"))
+    with fresh_database("audiences") as url:
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                for ddl in SCHEMA:
+                    conn.execute(sa.text(ddl))
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture
@@ -236,11 +210,12 @@ def test_rerunning_the_earliest_date_reloads_its_snapshot_and_keeps_the_watermar
 
 
 def test_connection_error_does_not_reveal_the_password(
-    admin: sa.Engine, home: Path, monkeypatch: pytest.MonkeyPatch
+    pg_admin: sa.Engine, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "Sup3r-S3cret-pw"
     missing = f"audiences_missing_{uuid.uuid4().hex}"
-    monkeypatch.setenv("POS_TEST_DB_URL", f"postgresql+psycopg2://postgres:{secret}@{SERVER}/{missing}")
+    url = pg_admin.url.set(password=secret, database=missing)
+    monkeypatch.setenv("POS_TEST_DB_URL", url.render_as_string(hide_password=False))
     src = build_source(
         "pos",
         SourceConfig(kind="sql_database", options={"url_env": "POS_TEST_DB_URL", "tables": {"orders": "orders"}}),

@@ -4,13 +4,12 @@ first sync, re-run, shrink, per-member failure and the raw-cursor ledger read al
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
 
 from tasks.config.models import DestinationConfig, SyncPolicy
 from tasks.destinations.mailchimp import Mailchimp
@@ -18,40 +17,15 @@ from tasks.sandbox.mailchimp import MailchimpServer
 from tasks.sync.ledger import Ledger
 from tasks.sync.service import sync
 
-SERVER = "127.0.0.1:5432"
-
 
 @pytest.fixture
-def pg_ledger() -> Iterator[Ledger]:
-    admin = sa.create_engine(
-        f"postgresql+psycopg2://postgres@{SERVER}/postgres",
-        isolation_level="AUTOCOMMIT",
-        connect_args={"connect_timeout": 5},
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL not reachable on {SERVER}: {exc.orig}", pytrace=False)
-    name = f"audiences_state_{uuid.uuid4().hex}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    ledger = Ledger(f"postgresql+psycopg2://postgres@{SERVER}/{name}")
-    try:
-        yield ledger
-    finally:
-        ledger.engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": name},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+def pg_ledger(fresh_database: Callable[[str], AbstractContextManager[str]]) -> Iterator[Ledger]:
+    with fresh_database("audiences_state") as url:
+        ledger = Ledger(url)
+        try:
+            yield ledger
+        finally:
+            ledger.engine.dispose()
 
 
 def people(n: int, start: int = 0) -> pd.DataFrame:
