@@ -61,17 +61,38 @@ class Lake:
     def write(
         self, zone: Zone, source: str, table: str, day: date, frame: pd.DataFrame, mode: Mode = "snapshot"
     ) -> str:
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        schema = {str(c): ("null" if frame[c].isna().all() else str(t)) for c, t in frame.dtypes.items()}
+        return self._commit(zone, source, table, day, buf.getvalue(), len(frame), schema, mode)
+
+    def write_file(
+        self,
+        zone: Zone,
+        source: str,
+        table: str,
+        day: date,
+        path: Path,
+        rows: int,
+        schema: dict[str, str],
+        mode: Mode = "snapshot",
+    ) -> str:
+        """Commit a Parquet file an engine already wrote (``rows`` and ``schema`` as ``write`` records them),
+        for tables too large to pass through pandas."""
+        return self._commit(zone, source, table, day, path.read_bytes(), rows, schema, mode)
+
+    def _commit(
+        self, zone: Zone, source: str, table: str, day: date, data: bytes, rows: int, schema: dict[str, str], mode: Mode
+    ) -> str:
         prefix = self.prefix(zone, source, table, day)
         attempt = uuid.uuid4().hex
         key = f"{prefix}part-{attempt}-00000.parquet"
-        buf = io.BytesIO()
-        frame.to_parquet(buf, index=False)
-        self.store.put(key, buf.getvalue())
+        self.store.put(key, data)
         manifest = {
             "files": [key.removeprefix(prefix)],
-            "rows": len(frame),
+            "rows": rows,
             "mode": mode,
-            "schema": {str(c): ("null" if frame[c].isna().all() else str(t)) for c, t in frame.dtypes.items()},
+            "schema": schema,
             "attempt": attempt,
             "written_at": datetime.now(UTC).isoformat(),
         }

@@ -19,7 +19,9 @@ import functools
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -126,15 +128,16 @@ EARTH_RADIUS_KM = 6371.0
 # DuckDB memory limit for the feature query, e.g. "2GB" (see configure_connection); unset, DuckDB's default.
 MEMORY_LIMIT_ENV = "AUDIENCES_FEATURES_MEMORY_LIMIT"
 
-_SQL = """
-WITH p AS (
-    SELECT *,
-           CAST(year($run_date) - year(birthday)
-                - CASE WHEN (month($run_date), day($run_date)) < (month(birthday), day(birthday))
-                       THEN 1 ELSE 0 END AS INTEGER) AS age
-    FROM in_customers
-),
-o AS (
+# The query runs in stages: each stage's per-customer results go to a temporary table, and the last stage
+# joins them to the profiles. One statement holding every aggregate and join at once peaked at 4.5 GiB
+# for a million customers; in stages only one stage's hash tables are alive at a time (2.7 GiB), at about
+# the same speed. Tables are named features_<stage>; prods (products bought in the last 30 days) is its
+# own stage because the lines and web stages both read it.
+_STAGES: tuple[tuple[str, str], ...] = (
+    (
+        "features_orders",
+        """
+WITH o AS (
     SELECT km.customer_key, o.order_id, o.store_id, o.channel, o.ordered_at, o.total_vnd, o.discount_vnd,
            coalesce(trim(o.voucher_code), '') <> '' AS has_voucher
     FROM in_orders o JOIN in_keymap km ON km.customer_id = o.customer_id
@@ -181,34 +184,46 @@ oc AS (
     ) c JOIN in_keymap km ON km.customer_id = c.customer_id
 ),
 store_pref AS (
-    -- The store with the most orders, ties to the smaller id (an empty store last), as the least
-    -- (-orders, empty, id) triple: one aggregate per customer instead of ranking every customer-store row.
-    SELECT customer_key, min(struct_pack(n := -n, missing := store_id IS NULL, v := store_id)).v AS preferred_store
-    FROM (SELECT customer_key, store_id, sum(n) AS n FROM oc GROUP BY customer_key, store_id)
+    -- The store with the most orders, ties to the smaller id, as the least (-orders, id) pair: one aggregate
+    -- per customer instead of ranking every customer-store row. Orders without a store (online) do not
+    -- count: a customer who mostly buys online still has the store they visit most, and only a customer
+    -- who never bought in a store has none (as device and browser below).
+    SELECT customer_key, min(struct_pack(n := -n, v := store_id)).v AS preferred_store
+    FROM (SELECT customer_key, store_id, sum(n) AS n FROM oc WHERE store_id IS NOT NULL GROUP BY customer_key, store_id)
     GROUP BY customer_key
 ),
 channel_pref AS (
-    SELECT customer_key, min(struct_pack(n := -n, missing := channel IS NULL, v := channel)).v AS preferred_channel
-    FROM (SELECT customer_key, channel, sum(n) AS n FROM oc GROUP BY customer_key, channel)
+    SELECT customer_key, min(struct_pack(n := -n, v := channel)).v AS preferred_channel
+    FROM (SELECT customer_key, channel, sum(n) AS n FROM oc WHERE channel IS NOT NULL GROUP BY customer_key, channel)
     GROUP BY customer_key
-),
-pl AS NOT MATERIALIZED (
-    -- Only the last 365 days matter (the widest window of the lists below). Its two readers each scan
-    -- the files with their own window pushed down, cheaper than materialising the lines.
-    SELECT customer_key, product_id, category, ordered_at
-    FROM in_purchases
-    WHERE customer_key IS NOT NULL AND ordered_at < $as_of AND IN_LAST(365, ordered_at)
-),
-cats AS (
-    -- One row per customer and category, so the lists aggregate distinct values without DISTINCT.
+)
+SELECT a.*, r.r_score, r.f_score, r.m_score, sp.preferred_store, cp.preferred_channel
+FROM agg a
+LEFT JOIN rfm r USING (customer_key)
+LEFT JOIN store_pref sp USING (customer_key)
+LEFT JOIN channel_pref cp USING (customer_key)
+""",
+    ),
+    (
+        "features_prods",
+        """
+-- Products bought in the last 30 days, one row each: products_last_30d and viewed_not_bought_30d.
+SELECT DISTINCT customer_key, product_id FROM in_purchases
+WHERE customer_key IS NOT NULL AND ordered_at < $as_of AND IN_LAST(30, ordered_at)
+""",
+    ),
+    (
+        "features_lines",
+        """
+WITH cats AS (
+    -- One row per customer and category, so the lists aggregate distinct values without DISTINCT. Only the
+    -- last 365 days matter (the widest window of the lists).
     SELECT customer_key, category,
            bool_or(IN_LAST(30, ordered_at)) AS in_30d,
            bool_or(IN_LAST(90, ordered_at)) AS in_90d
-    FROM pl GROUP BY customer_key, category
-),
-prods AS (
-    -- Products bought in the last 30 days, one row each: products_last_30d and viewed_not_bought_30d.
-    SELECT DISTINCT customer_key, product_id FROM pl WHERE IN_LAST(30, ordered_at)
+    FROM in_purchases
+    WHERE customer_key IS NOT NULL AND ordered_at < $as_of AND IN_LAST(365, ordered_at)
+    GROUP BY customer_key, category
 ),
 bought AS (
     SELECT customer_key,
@@ -220,9 +235,17 @@ bought AS (
 ),
 bought_products AS (
     SELECT customer_key, array_to_string(list_sort(list(product_id)), ',') AS products_last_30d
-    FROM prods WHERE product_id IS NOT NULL GROUP BY customer_key
-),
-w AS NOT MATERIALIZED (
+    FROM features_prods WHERE product_id IS NOT NULL GROUP BY customer_key
+)
+SELECT coalesce(b.customer_key, bpr.customer_key) AS customer_key,
+       b.categories_last_30d, b.categories_last_90d, b.categories_last_365d, bpr.products_last_30d
+FROM bought b FULL JOIN bought_products bpr ON bpr.customer_key = b.customer_key
+""",
+    ),
+    (
+        "features_web",
+        """
+WITH w AS NOT MATERIALIZED (
     -- Logged-in events (the keymap join drops the rest). Read by two consumers that each need few of its
     -- rows or columns: cheaper than materialising it.
     SELECT user_id, event_name, session_id, device_category, browser, traffic_source, event_at, page_location, item_ids
@@ -248,9 +271,10 @@ wu AS (
            count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(7, event_at)) AS add_to_cart_7d,
            count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(30, event_at)) AS add_to_cart_30d,
            count(*) FILTER (WHERE event_name = 'add_to_cart' AND IN_LAST(90, event_at)) AS add_to_cart_90d,
-           -- arg_max skips empty sources: the instant of the latest event that has one goes with it
-           arg_max(traffic_source, event_at) AS traffic_source,
-           max(event_at) FILTER (WHERE traffic_source IS NOT NULL) AS traffic_source_at,
+           -- the latest event with a source as the least (-instant, source) pair: two events at the same
+           -- instant go to the smaller source, where arg_max would pick either, differently between runs
+           min(struct_pack(t := -epoch_us(event_at), v := traffic_source))
+               FILTER (WHERE traffic_source IS NOT NULL) AS traffic_source,
            min(struct_pack(t := event_at, u := page_location))
                FILTER (WHERE event_name = 'page_view' AND page_location IS NOT NULL) AS first_page
     FROM w GROUP BY user_id, session_id, device_category, browser
@@ -269,7 +293,7 @@ web AS (
            sum(add_to_cart_7d) AS add_to_cart_7d,
            sum(add_to_cart_30d) AS add_to_cart_30d,
            sum(add_to_cart_90d) AS add_to_cart_90d,
-           arg_max(traffic_source, traffic_source_at) AS traffic_source,
+           min(traffic_source).v AS traffic_source,
            -- the earliest (instant, page) pair, as arg_min(page, (instant, page)) over the events gives
            min(first_page).u AS first_page
     FROM ws GROUP BY customer_key
@@ -309,8 +333,27 @@ viewed_not_bought AS (
     SELECT v.customer_key, count(*) AS viewed_not_bought_30d
     FROM viewed v
     WHERE NOT EXISTS (
-        SELECT 1 FROM prods b WHERE b.customer_key = v.customer_key AND b.product_id = v.product_id)
+        SELECT 1 FROM features_prods b WHERE b.customer_key = v.customer_key AND b.product_id = v.product_id)
     GROUP BY v.customer_key
+)
+SELECT web.*, ses.web_sessions_7d, ses.web_sessions_30d, ses.web_sessions_90d,
+       dp.device_category, bp.browser, vnb.viewed_not_bought_30d
+FROM web
+LEFT JOIN sessions ses USING (customer_key)
+LEFT JOIN device_pref dp USING (customer_key)
+LEFT JOIN browser_pref bp USING (customer_key)
+LEFT JOIN viewed_not_bought vnb USING (customer_key)
+""",
+    ),
+)
+
+_FINAL = """
+WITH p AS (
+    SELECT *,
+           CAST(year($run_date) - year(birthday)
+                - CASE WHEN (month($run_date), day($run_date)) < (month(birthday), day(birthday))
+                       THEN 1 ELSE 0 END AS INTEGER) AS age
+    FROM in_customers
 ),
 st AS (
     -- Stores open on the run date, so a backfill does not measure distance to a store opened later.
@@ -344,8 +387,11 @@ nearest AS (
 ),
 surveys AS (
     SELECT km.customer_key,
-           arg_max(nps_score, answered_at) FILTER (WHERE nps_score IS NOT NULL) AS nps_latest,
-           arg_max(csat_score, answered_at) FILTER (WHERE csat_score IS NOT NULL) AS csat_latest,
+           -- the latest answer, two at the same instant to the lower score (as traffic_source)
+           min(struct_pack(t := -epoch_us(answered_at), v := nps_score)) FILTER (WHERE nps_score IS NOT NULL).v
+               AS nps_latest,
+           min(struct_pack(t := -epoch_us(answered_at), v := csat_score)) FILTER (WHERE csat_score IS NOT NULL).v
+               AS csat_latest,
            avg(nps_score) AS nps_avg,
            avg(csat_score) AS csat_avg,
            count(*) AS survey_answers
@@ -368,17 +414,17 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(coalesce(a.spend_last_30d, 0) AS BIGINT) AS spend_last_30d,
        CAST(coalesce(a.spend_last_90d, 0) AS BIGINT) AS spend_last_90d,
        CAST(coalesce(a.spend_last_365d, 0) AS BIGINT) AS spend_last_365d,
-       a.discount_share, sp.preferred_store, cp.preferred_channel,
+       a.discount_share, a.preferred_store, a.preferred_channel,
        CAST(coalesce(sv.nps_latest, p.nps_latest) AS BIGINT) AS nps_latest,
        CAST(coalesce(sv.csat_latest, p.csat_latest) AS BIGINT) AS csat_latest,
        coalesce(sv.nps_avg, p.nps_latest) AS nps_avg,
        coalesce(sv.csat_avg, p.csat_latest) AS csat_avg,
        CAST(coalesce(sv.survey_answers, 0) AS BIGINT) AS survey_answers,
-       CAST(coalesce(ses.web_sessions_30d, 0) AS BIGINT) AS web_sessions_30d,
+       CAST(coalesce(web.web_sessions_30d, 0) AS BIGINT) AS web_sessions_30d,
        CAST(coalesce(web.page_views_30d, 0) AS BIGINT) AS page_views_30d,
        CAST(coalesce(web.product_views_30d, 0) AS BIGINT) AS product_views_30d,
        CAST(coalesce(web.add_to_cart_30d, 0) AS BIGINT) AS add_to_cart_30d,
-       dp.device_category, web.traffic_source,
+       web.device_category, web.traffic_source,
        CAST(day(p.birthday) AS INTEGER) AS birth_day,
        CASE WHEN p.age IS NULL THEN NULL
             WHEN p.age < 18 THEN '<18'
@@ -394,45 +440,38 @@ SELECT p.customer_key, p.customer_id, p.full_name, p.email, p.phone, p.gender,
        CAST(date_diff('day', p.member_since, $run_date) AS BIGINT) AS tenure_days,
        CAST(coalesce(a.orders_last_7d, 0) AS BIGINT) AS orders_last_7d,
        CAST(coalesce(a.spend_last_7d, 0) AS BIGINT) AS spend_last_7d,
-       b.categories_last_30d, b.categories_last_90d, b.categories_last_365d, bpr.products_last_30d,
+       b.categories_last_30d, b.categories_last_90d, b.categories_last_365d, b.products_last_30d,
        CAST(coalesce(a.vouchers_used_30d, 0) AS BIGINT) AS vouchers_used_30d,
        CAST(coalesce(a.vouchers_used_90d, 0) AS BIGINT) AS vouchers_used_90d,
        CAST(coalesce(a.vouchers_used_365d, 0) AS BIGINT) AS vouchers_used_365d,
        n.distance_to_nearest_store_km, n.nearest_store,
-       CAST(coalesce(ses.web_sessions_7d, 0) AS BIGINT) AS web_sessions_7d,
-       CAST(coalesce(ses.web_sessions_90d, 0) AS BIGINT) AS web_sessions_90d,
+       CAST(coalesce(web.web_sessions_7d, 0) AS BIGINT) AS web_sessions_7d,
+       CAST(coalesce(web.web_sessions_90d, 0) AS BIGINT) AS web_sessions_90d,
        CAST(coalesce(web.page_views_7d, 0) AS BIGINT) AS page_views_7d,
        CAST(coalesce(web.page_views_90d, 0) AS BIGINT) AS page_views_90d,
        CAST(coalesce(web.product_views_7d, 0) AS BIGINT) AS product_views_7d,
        CAST(coalesce(web.product_views_90d, 0) AS BIGINT) AS product_views_90d,
        CAST(coalesce(web.add_to_cart_7d, 0) AS BIGINT) AS add_to_cart_7d,
        CAST(coalesce(web.add_to_cart_90d, 0) AS BIGINT) AS add_to_cart_90d,
-       CAST(coalesce(vnb.viewed_not_bought_30d, 0) AS BIGINT) AS viewed_not_bought_30d,
-       bp.browser, web.first_page,
-       CAST(r.r_score AS BIGINT) AS r_score,
-       CAST(r.f_score AS BIGINT) AS f_score,
-       CAST(r.m_score AS BIGINT) AS m_score,
-       CAST(r.r_score AS VARCHAR) || CAST(r.f_score AS VARCHAR) || CAST(r.m_score AS VARCHAR) AS rfm_score
+       CAST(coalesce(web.viewed_not_bought_30d, 0) AS BIGINT) AS viewed_not_bought_30d,
+       web.browser, web.first_page,
+       CAST(a.r_score AS BIGINT) AS r_score,
+       CAST(a.f_score AS BIGINT) AS f_score,
+       CAST(a.m_score AS BIGINT) AS m_score,
+       CAST(a.r_score AS VARCHAR) || CAST(a.f_score AS VARCHAR) || CAST(a.m_score AS VARCHAR) AS rfm_score
        {extras}
 FROM p
-LEFT JOIN agg a USING (customer_key)
-LEFT JOIN rfm r USING (customer_key)
-LEFT JOIN store_pref sp USING (customer_key)
-LEFT JOIN channel_pref cp USING (customer_key)
-LEFT JOIN bought b USING (customer_key)
-LEFT JOIN bought_products bpr USING (customer_key)
-LEFT JOIN web USING (customer_key)
-LEFT JOIN sessions ses USING (customer_key)
-LEFT JOIN device_pref dp USING (customer_key)
-LEFT JOIN browser_pref bp USING (customer_key)
-LEFT JOIN viewed_not_bought vnb USING (customer_key)
+LEFT JOIN features_orders a USING (customer_key)
+LEFT JOIN features_lines b USING (customer_key)
+LEFT JOIN features_web web USING (customer_key)
 LEFT JOIN nearest n USING (customer_key)
 LEFT JOIN surveys sv USING (customer_key)
 ORDER BY p.customer_key
+
 """
 
 
-# Day windows of the query ("last N days"), written IN_LAST(N, instant) in _SQL; LAST_DAY(instant) is the
+# Day windows of the query ("last N days"), written IN_LAST(N, instant) in the stages; LAST_DAY(instant) is the
 # aggregate "local day of the latest instant". _day_sql turns both into SQL.
 WINDOW_DAYS = (7, 30, 90, 365)
 _IN_LAST = re.compile(r"IN_LAST\((\d+), (\w+)\)")
@@ -570,7 +609,9 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, extras: Sequence[Feature]) 
     body = (
         "SELECT CAST(customer_id AS VARCHAR) AS customer_id, CAST(customer_key AS VARCHAR) AS customer_key FROM keymap"
         if _columns_of(con, "keymap") is not None
-        else "SELECT DISTINCT customer_id, customer_key FROM in_customers WHERE customer_id IS NOT NULL"
+        # a profile without a key is no customer: its orders must not form one extra "buyer" in the RFM tiles
+        else "SELECT DISTINCT customer_id, customer_key FROM in_customers "
+        "WHERE customer_id IS NOT NULL AND customer_key IS NOT NULL"
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW in_keymap AS {body}")
 
@@ -605,7 +646,9 @@ def _frame_like_duckdb(table: pa.Table) -> pd.DataFrame:
     whole result inside DuckDB and then copies it (at a million customers that doubled the peak memory).
     The dtypes stay those of ``.df()`` because the lake manifest and every reader of the feature table
     depend on them: integers and booleans with nulls become pandas' nullable types (plain numpy types
-    without), dates ``datetime64[us]``, strings pandas' Arrow-backed ``str`` (object when all empty).
+    without), dates ``datetime64[us]``, strings pandas' Arrow-backed ``str``
+    (also when a column is all empty, where ``.df()`` gave object: one dtype per kind, which a file written
+    by ``write_features`` can carry).
     """
     string = pd.StringDtype("pyarrow", na_value=np.nan)
     columns: dict[str, pd.Series] = {}
@@ -614,10 +657,7 @@ def _frame_like_duckdb(table: pa.Table) -> pd.DataFrame:
         if pa.types.is_date(kind):
             columns[name] = col.cast(pa.timestamp("us")).to_pandas()
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            if col.null_count == len(col):
-                columns[name] = pd.Series([None] * len(col), dtype=object)
-            else:
-                columns[name] = col.to_pandas(types_mapper={kind: string}.get)
+            columns[name] = col.to_pandas(types_mapper={kind: string}.get)
         elif pa.types.is_integer(kind) and col.null_count:
             sign = "U" if pa.types.is_unsigned_integer(kind) else ""
             nullable = pd.api.types.pandas_dtype(f"{sign}Int{kind.bit_width}")
@@ -629,25 +669,122 @@ def _frame_like_duckdb(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _run_stages(
+    con: duckdb.DuckDBPyConnection, window: RunWindow, extras: Sequence[Feature]
+) -> tuple[str, dict[str, object]]:
+    """Create the stage tables in ``con``; returns the final query over them and its parameters."""
+    _register_inputs(con, extras)
+    fixed = {"as_of": window.as_of, "run_date": window.run_date, "radius_km": EARTH_RADIUS_KM}
+
+    def bound(sql: str) -> tuple[str, dict[str, object]]:
+        sql, params = _day_sql(sql, window)
+        params |= fixed
+        return sql, {k: v for k, v in params.items() if f"${k}" in sql}  # DuckDB refuses unused parameters
+
+    for table, stage in _STAGES:
+        sql, params = bound(stage)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", params)
+    extra_sql = "".join(f",\n       p.{_quote(f.name)}" for f in extras)
+    return bound(_FINAL.replace("{extras}", extra_sql))
+
+
+def _drop_stages(con: duckdb.DuckDBPyConnection) -> None:
+    for table, _ in _STAGES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (COPY's file name and options cannot be bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _check_columns(names: Sequence[str], extras: Sequence[Feature]) -> list[str]:
+    columns = COLUMNS + [f.name for f in extras]
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise RuntimeError(f"feature query lost documented column(s) {missing}; update features/catalog.py")
+    return columns
+
+
 def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: Sequence[Feature] = ()) -> pd.DataFrame:
     """Run the feature query on views already in ``con``: ``customers``, ``orders`` and ``web_events``,
     and when available ``purchases`` (unified purchase lines), ``survey_responses`` and ``stores``.
 
     ``extras`` are the configured CRM attributes (``catalog.crm_features``): columns of ``customers``
-    returned as-is, cast to their configured kind, after the built-in features.
+    returned as-is, cast to their configured kind, after the built-in features. The pipeline writes the
+    table with ``write_features`` instead, which never holds it in Python.
     """
-    _register_inputs(con, extras)
-    extra_sql = "".join(f",\n       p.{_quote(f.name)}" for f in extras)
-    sql, params = _day_sql(_SQL.replace("{extras}", extra_sql), window)
-    params |= {"as_of": window.as_of, "run_date": window.run_date, "radius_km": EARTH_RADIUS_KM}
-    table = con.sql(sql, params=params).to_arrow_reader(_BATCH_ROWS).read_all()
+    try:
+        sql, params = _run_stages(con, window, extras)
+        table = con.sql(sql, params=params).to_arrow_reader(_BATCH_ROWS).read_all()
+    finally:
+        _drop_stages(con)
     frame = _frame_like_duckdb(table)
     del table  # the frame holds what it needs (strings share the Arrow buffers)
-    columns = COLUMNS + [f.name for f in extras]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise RuntimeError(f"feature query lost documented column(s) {missing}; update features/catalog.py")
-    return frame[columns]
+    return frame[_check_columns(list(frame.columns), extras)]
+
+
+@dataclass(frozen=True)
+class WrittenFeatures:
+    """What ``write_features`` wrote: rows, buyers, and each column's pandas dtype as ``Lake.write`` records
+    it ("null" for a column without a value)."""
+
+    rows: int
+    buyers: int
+    schema: dict[str, str]
+
+
+def write_features(
+    con: duckdb.DuckDBPyConnection, window: RunWindow, path: Path, extras: Sequence[Feature] = ()
+) -> WrittenFeatures:
+    """``compute_features`` written by DuckDB straight to the Parquet file ``path``.
+
+    At a million customers the pandas frame cost about 1 GiB on top of the query, and its Parquet bytes
+    another copy. The file is the one pandas writes from ``compute_features``'s frame: dates as timestamps,
+    and pandas metadata that gives readers the same dtypes. Those depend on which columns have empty values
+    (``_frame_like_duckdb``), so the result is kept in a temporary table, its empty values counted, and the
+    metadata taken from a two-row stand-in with the same emptiness put through the same conversion.
+    """
+    try:
+        sql, params = _run_stages(con, window, extras)
+        columns = _check_columns(con.sql(sql, params=params).columns, extras)
+        select = ", ".join(map(_quote, columns))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE features_result AS SELECT {select} FROM ({sql})", params)
+    finally:
+        _drop_stages(con)
+    try:
+        result = con.table("features_result")
+        types = {
+            c: "TIMESTAMP" if str(t) == "DATE" else str(t) for c, t in zip(result.columns, result.types, strict=True)
+        }
+        cols = {c: f"CAST({_quote(c)} AS {types[c]})" for c in columns}
+        (counts,) = con.sql(
+            "SELECT count(*), count(*) FILTER (WHERE orders > 0), "
+            + ", ".join(f"count({_quote(c)})" for c in columns)
+            + " FROM features_result"
+        ).fetchall()
+        rows, buyers, filled = int(counts[0]), int(counts[1]), dict(zip(columns, map(int, counts[2:]), strict=True))
+        # any_value is empty only when the whole column is
+        first = ", ".join(f"any_value({q}) AS {_quote(c)}" for c, q in cols.items())
+        second = ", ".join(
+            f"CAST(NULL AS {types[c]}) AS {_quote(c)}" if filled[c] < rows else f"any_value({q}) AS {_quote(c)}"
+            for c, q in cols.items()
+        )
+        stand_in = _frame_like_duckdb(
+            con.sql(
+                f"SELECT {first} FROM features_result UNION ALL SELECT {second} FROM features_result"
+            ).to_arrow_table()
+        )
+        metadata = pa.Schema.from_pandas(stand_in, preserve_index=False).metadata[b"pandas"].decode()
+        outputs = ", ".join(f"{q} AS {_quote(c)}" for c, q in cols.items())
+        con.execute(
+            f"COPY (SELECT {outputs} FROM features_result) TO {_literal(str(path))} "
+            f"(FORMAT parquet, KV_METADATA {{pandas: {_literal(metadata)}}})"
+        )
+    finally:
+        con.execute("DROP TABLE IF EXISTS features_result")
+    schema = {c: "null" if filled[c] == 0 else str(stand_in[c].dtype) for c in columns}
+    return WrittenFeatures(rows, buyers, schema)
 
 
 def build_features(
@@ -668,10 +805,11 @@ def build_features(
         register_current(con, lake, refs["stores"].source, "stores", day)
         if "survey_responses" in refs:
             register_current(con, lake, refs["survey_responses"].source, "survey_responses", day)
-        frame = compute_features(con, window, extras)
+        with tempfile.TemporaryDirectory(prefix="features-", dir=settings.home() / "tmp") as tmp:
+            path = Path(tmp) / f"{FEATURE_TABLE}.parquet"
+            written = write_features(con, window, path, extras)
+            lake.write_file("features", FEATURE_SOURCE, FEATURE_TABLE, day, path, written.rows, written.schema)
     finally:
         con.close()
-    lake.write("features", FEATURE_SOURCE, FEATURE_TABLE, day, frame)
-    buyers = int((frame["orders"] > 0).sum())
-    log.info("built features for %d customers (%d with orders)", len(frame), buyers)
-    return {"customers": len(frame), "with_orders": buyers}
+    log.info("built features for %d customers (%d with orders)", written.rows, written.buyers)
+    return {"customers": written.rows, "with_orders": written.buyers}

@@ -61,8 +61,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("spend_last_90d", "integer", "VND spent in the last 90 business days."),
     Feature("spend_last_365d", "integer", "VND spent in the last 365 business days."),
     Feature("discount_share", "number", "Share of orders that carried a discount, 0-1."),
-    Feature("preferred_store", "string", "Store id with the most orders."),
-    Feature("preferred_channel", "string", "store or online, whichever has more orders."),
+    Feature("preferred_store", "string", "Store id with the most orders (orders without a store do not count)."),
+    Feature("preferred_channel", "string", "store or online, whichever has more orders (ties: the smaller name)."),
     Feature("nps_latest", "integer", "Latest NPS answer, 0-10 (survey file, else the CRM field)."),
     Feature("csat_latest", "integer", "Latest CSAT answer, 1-5 (survey file, else the CRM field)."),
     Feature("nps_avg", "number", "Average NPS over all answers before the as-of instant."),
@@ -73,7 +73,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("product_views_30d", "integer", "view_item events in the last 30 business days."),
     Feature("add_to_cart_30d", "integer", "add_to_cart events in the last 30 business days."),
     Feature("device_category", "string", "Most used device category on the web."),
-    Feature("traffic_source", "string", "Traffic source of the latest web event."),
+    Feature("traffic_source", "string", "Traffic source of the latest web event that has one."),
     # --- customer 360 (issue 4) ---
     Feature("birth_day", "integer", "Day of the month of birth, 1-31."),
     Feature(

@@ -526,3 +526,62 @@ def test_pipeline_builds_360_features_from_sample_sources(
     assert len(buyers) and buyers["categories_last_365d"].notna().all()
     assert set(got["rfm_score"].dropna().str.len()) == {3}
     assert got.loc[got["orders"] == 0, "rfm_score"].isna().all()
+
+
+# --- preferences and ties ---------------------------------------------------------------------------------------
+
+
+def test_online_orders_do_not_hide_the_preferred_store(tmp_path: Path) -> None:
+    """Three online orders (no store) and one at S2: the preferred store is S2, the channel online; a
+    customer who never bought in a store has no preferred store."""
+    orders = orders_frame(
+        [("MIX", f"M{i}", local(i), 10, 0, None) for i in range(4)] + [("WEB", "W1", local(1), 10, 0, None)]
+    )
+    orders["store_id"] = [None, None, None, "S2", None]
+    orders["channel"] = ["online", "online", "online", "store", "online"]
+    feats = compute(tmp_path, contacts_frame([contact("MIX"), contact("WEB")]), orders)
+    assert feats.loc["MIX", "preferred_store"] == "S2"
+    assert feats.loc["MIX", "preferred_channel"] == "online"
+    assert pd.isna(feats.loc["WEB", "preferred_store"])
+
+
+def test_latest_source_and_survey_answer_at_the_same_instant_go_to_the_smaller_value(tmp_path: Path) -> None:
+    at = local(2)
+    web = web_frame([("TIE", "page_view", 1, at, "https://shop.vn/", None, "Chrome")] * 3)
+    web["traffic_source"] = ["zalo", "facebook", None]
+    surveys = pd.DataFrame(
+        {
+            "customer_id": ["TIE"] * 3,
+            "answered_at": pd.to_datetime([at, at, local(5)], utc=True),
+            "nps_score": pd.array([9, 7, 1], dtype="Int64"),
+            "csat_score": pd.array([5, 3, 1], dtype="Int64"),
+        }
+    )
+    for attempt in range(2):  # the same answer on every run
+        (tmp_path / str(attempt)).mkdir()
+        feats = compute(tmp_path / str(attempt), contacts_frame([contact("TIE")]), orders_frame([]), web,
+                        {"survey_responses": surveys})  # fmt: skip
+        assert feats.loc["TIE", "traffic_source"] == "facebook"
+        assert feats.loc["TIE", "nps_latest"] == 7 and feats.loc["TIE", "csat_latest"] == 3
+
+
+def test_profile_without_a_key_is_not_a_buyer_in_the_rfm_tiles(tmp_path: Path) -> None:
+    """Five buyers with 1..5 orders get f_scores 1..5; a keyless profile's orders must not take a tile."""
+    rows = [(f"B{n}", f"B{n}-{i}", local(i), 10, 0, None) for n in range(1, 6) for i in range(n)]
+    rows += [("GHOST", f"G{i}", local(i), 10, 0, None) for i in range(9)]
+    orders = orders_frame(rows)
+    contacts = contacts_frame([contact(f"B{n}") for n in range(1, 6)] + [contact("GHOST")])
+    views = {"customers": build_profiles(contacts, orders), "orders": orders, "web_events": EMPTY_WEB}
+    views["customers"]["customer_key"] = views["customers"]["customer_id"].where(
+        views["customers"]["customer_id"] != "GHOST"
+    )
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        for name, frame in views.items():
+            frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+            con.read_parquet(str(tmp_path / f"{name}.parquet")).create_view(name)
+        feats = compute_features(con, WINDOW).dropna(subset=["customer_key"]).set_index("customer_key")
+    finally:
+        con.close()
+    assert feats["f_score"].to_dict() == {f"B{n}": n for n in range(1, 6)}

@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tasks.features.build import compute_features
+from tasks.features.build import compute_features, write_features
 from tasks.features.catalog import COLUMNS
 from tasks.settings import RunWindow
 from tasks.unify.profiles import build_profiles
@@ -206,3 +206,30 @@ def test_web_features_count_logged_in_events_in_window(feats: pd.DataFrame) -> N
     assert row["traffic_source"] == "google"  # latest event before as_of
     assert feats.loc["WIN", "web_sessions_30d"] == 0
     assert pd.isna(feats.loc["WIN", "device_category"])
+
+
+def test_written_file_reads_back_as_the_computed_frame(tmp_path: Path, feats: pd.DataFrame) -> None:
+    """The pipeline's writer (DuckDB straight to Parquet) gives readers the same frame, dtypes included,
+    and records the schema ``Lake.write`` would: some columns here are partly empty, some wholly."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        for name, frame in (
+            ("customers", build_profiles(_contacts(), _orders())),
+            ("orders", _orders()),
+            ("web_events", _web()),
+        ):
+            path = tmp_path / f"{name}.parquet"
+            frame.to_parquet(path, index=False)
+            con.read_parquet(str(path)).create_view(name)
+        written = write_features(con, WINDOW, tmp_path / "features.parquet")
+        leftovers = con.sql("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+    finally:
+        con.close()
+    expected = feats.reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "features.parquet"), expected)
+    assert written.rows == len(expected)
+    assert written.buyers == int((expected["orders"] > 0).sum())
+    assert written.schema == {c: "null" if expected[c].isna().all() else str(t) for c, t in expected.dtypes.items()}
+    assert "null" in written.schema.values() and "Int64" in written.schema.values()
+    assert leftovers == []  # stage tables are dropped
