@@ -4,18 +4,19 @@
 (``bench.segdata``) and measures, in the same run, each stage in a FRESH child process, so the peak
 RSS reported is that stage's own and one stage's caches cannot speed up another:
 
-* ``product``  - ``compute_features`` (every feature) on views over the Parquet files, written to Parquet;
-* ``pandas``   - the core features in idiomatic pandas (``bench.pandas_features``);
-* ``floor``    - the core features in one minimal hand-written DuckDB query straight over the files;
-* ``check``    - asserts the three agree on the core columns, so the comparison is honest;
+* ``product``  - ``write_features`` (every feature, as the pipeline writes them) on views over the files;
+* ``pandas``   - the same features in idiomatic pandas (``bench.pandas_features``);
+* ``floor``    - the same features in one hand-written DuckDB query straight over the files
+  (``bench.floor_features``);
+* ``check``    - asserts the three agree on every column and row, so the comparison is honest;
 * ``segments`` - every segment of ``config/segments.yaml`` on the product's feature table, done as
   ``tasks.segments.evaluate.evaluate`` does it (compile, truth table, reasons, ``finalize``) minus the lake;
 * ``diff``     - ``membership_changes`` against a previous run with about 5 % of memberships changed.
 
 The machine is shared and noisy, so the comparisons are ratios of figures measured side by side in
-one run; absolute seconds are context. The pandas and floor ratios compare the product's FULL feature
-query (about 80 columns) with implementations of only the core columns, so they are upper bounds on
-the product's overhead. Results go to ``var/bench/segments_<size>.json``.
+one run; absolute seconds are context. All three feature variants compute the whole feature table (the
+catalog's columns and the configured CRM attributes) and write it to Parquet. Results go to
+``var/bench/segments_<size>.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bench import segdata
-from bench.pandas_features import CORE_COLUMNS, core_features
+from bench.pandas_features import all_columns, all_features
 from tasks.settings import RunWindow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,6 @@ OUT = ROOT / "var" / "bench"
 WINDOW = RunWindow(segdata.RUN_DATE, segdata.TZ)
 FEATURE_VARIANTS = ("floor", "product", "pandas")
 VARIANTS = (*FEATURE_VARIANTS, "check", "segments", "diff")
-DIAGNOSTICS = ("profile",)  # opt-in (--only profile): reruns the product query with DuckDB's profiler on
 CHANGED_SHARE = 0.05
 TARGETS = {"speedup_vs_pandas": 4.0, "over_floor": 1.5, "peak_mib": 3 * 1024, "segments_s": 5.0, "segments_n": 50}
 
@@ -74,169 +73,86 @@ def _peak_mib() -> float:
 # --------------------------------------------------------------------------------------
 
 
-def run_product(data: Path, work: Path) -> dict[str, Any]:
-    """The product as the pipeline runs it, minus the lake: views over the inputs, the query, a Parquet write."""
-    import duckdb
-
-    from tasks.features.build import compute_features, configure_connection
+def _extras() -> Any:
     from tasks.features.catalog import crm_features, load_features_config
 
-    extras = crm_features(load_features_config(CONFIG))
+    return crm_features(load_features_config(CONFIG))
+
+
+def run_product(data: Path, work: Path) -> dict[str, Any]:
+    """The product as the pipeline runs it, minus the lake: views over the inputs, the staged query and
+    DuckDB's own Parquet write (``write_features``)."""
+    import duckdb
+
+    from tasks.features.build import configure_connection, write_features
+
+    extras = _extras()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     configure_connection(con)  # as build_features does
     for view in segdata.TABLES:
         con.read_parquet(segdata.files(data, view)).create_view(view)
     started = time.perf_counter()
-    frame = compute_features(con, WINDOW, extras)
-    queried = time.perf_counter()
-    frame.to_parquet(work / "product.parquet", index=False)
+    written = write_features(con, WINDOW, work / "product.parquet", extras)
     done = time.perf_counter()
     con.close()
     return {
         "seconds": done - started,
-        "query_s": queried - started,
-        "write_s": done - queried,
-        "rows": len(frame),
-        "columns": len(frame.columns),
+        "rows": written.rows,
+        "columns": len(written.schema),
+        "stages_s": written.seconds,
     }
 
 
-def _operators(node: dict[str, Any], out: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for child in node.get("children", []):
-        info = child.get("extra_info") or {}
-        detail = info.get("CTE Name") or info.get("Projections") or info.get("Aggregates") or info.get("Function")
-        out.append(
-            {"operator": child.get("name"), "seconds": child.get("timing", 0.0),
-             "rows": child.get("intermediate_rows"), "detail": str(detail)[:160]}
-        )  # fmt: skip
-        _operators(child, out)
-    return out
-
-
-def run_profile(data: Path, work: Path) -> dict[str, Any]:
-    """Where the product's feature query spends its time: the slowest operators (CTE materialisations
-    are named by their CTE). Operator times are summed over threads, so they exceed wall time."""
-    import duckdb
-
-    from tasks.features.build import compute_features, configure_connection
-    from tasks.features.catalog import crm_features, load_features_config
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    configure_connection(con)  # as build_features does
-    for view in segdata.TABLES:
-        con.read_parquet(segdata.files(data, view)).create_view(view)
-    con.execute("PRAGMA enable_profiling = 'json'")
-    con.execute(f"PRAGMA profiling_output = '{work / 'profile.json'}'")
-    started = time.perf_counter()
-    compute_features(con, WINDOW, crm_features(load_features_config(CONFIG)))
-    seconds = time.perf_counter() - started
-    con.close()
-    doc = json.loads((work / "profile.json").read_text())
-    ops = sorted(_operators({"children": doc.get("operator", [])}, []), key=lambda o: -o["seconds"])
-    return {"seconds": seconds, "cpu_s": doc.get("query", {}).get("cpu_time"), "hot": ops[:10]}
-
-
 def run_pandas(data: Path, work: Path) -> dict[str, Any]:
+    extras = _extras()
     started = time.perf_counter()
-    frame = core_features(data, WINDOW)
+    frame = all_features(data, WINDOW, extras)
     frame.to_parquet(work / "pandas.parquet", index=False)
     return {"seconds": time.perf_counter() - started, "rows": len(frame), "columns": len(frame.columns)}
 
 
-def _ts(value: Any) -> str:
-    return f"TIMESTAMPTZ '{value.isoformat()}'"
-
-
-def floor_sql(data: Path, out: Path) -> str:
-    """The least a DuckDB user would write for the core features: one pass over orders, one over the
-    last 30 days of events, windows as instant bounds (no per-row time-zone conversion), no views."""
-    day_start = {n: _ts(WINDOW.day_start(WINDOW.run_date - timedelta(days=n - 1))) for n in (30, 90, 365)}
-    windows = ",\n".join(
-        f"count(*) FILTER (WHERE ordered_at >= {day_start[n]}) AS orders_last_{n}d, "
-        f"coalesce(sum(total_vnd) FILTER (WHERE ordered_at >= {day_start[n]}), 0) AS spend_last_{n}d"
-        for n in (30, 90, 365)
-    )
-    tz = WINDOW.tz.key
-    return f"""
-    COPY (
-      WITH a AS (
-        SELECT customer_id AS customer_key, count(*) AS orders, sum(total_vnd) AS monetary_total,
-               avg(total_vnd) AS avg_order_value, min(ordered_at) AS first_purchase_at,
-               max(ordered_at) AS last_purchase_at,
-               date_diff('day', CAST(timezone('{tz}', max(ordered_at)) AS DATE), DATE '{WINDOW.run_date}')
-                   AS recency_days,
-               {windows},
-               avg(CASE WHEN discount_vnd > 0 THEN 1.0 ELSE 0.0 END) AS discount_share
-        FROM read_parquet('{segdata.files(data, "orders")}')
-        WHERE customer_id IS NOT NULL AND ordered_at < {_ts(WINDOW.as_of)}
-        GROUP BY customer_id
-      ),
-      w AS (
-        SELECT user_id AS customer_key, count(DISTINCT session_id) AS web_sessions_30d,
-               count(*) FILTER (WHERE event_name = 'page_view') AS page_views_30d,
-               count(*) FILTER (WHERE event_name = 'view_item') AS product_views_30d,
-               count(*) FILTER (WHERE event_name = 'add_to_cart') AS add_to_cart_30d
-        FROM read_parquet('{segdata.files(data, "web_events")}')
-        WHERE user_id IS NOT NULL AND event_at >= {day_start[30]} AND event_at < {_ts(WINDOW.as_of)}
-        GROUP BY user_id
-      )
-      SELECT c.customer_key,
-             coalesce(a.orders, 0) AS orders, coalesce(a.monetary_total, 0) AS monetary_total,
-             a.avg_order_value, a.first_purchase_at, a.last_purchase_at, a.recency_days,
-             coalesce(a.orders_last_30d, 0) AS orders_last_30d, coalesce(a.orders_last_90d, 0) AS orders_last_90d,
-             coalesce(a.orders_last_365d, 0) AS orders_last_365d, coalesce(a.spend_last_30d, 0) AS spend_last_30d,
-             coalesce(a.spend_last_90d, 0) AS spend_last_90d, coalesce(a.spend_last_365d, 0) AS spend_last_365d,
-             a.discount_share, coalesce(w.web_sessions_30d, 0) AS web_sessions_30d,
-             coalesce(w.page_views_30d, 0) AS page_views_30d, coalesce(w.product_views_30d, 0) AS product_views_30d,
-             coalesce(w.add_to_cart_30d, 0) AS add_to_cart_30d
-      FROM read_parquet('{segdata.files(data, "customers")}') c
-      LEFT JOIN a USING (customer_key) LEFT JOIN w USING (customer_key)
-    ) TO '{out}' (FORMAT parquet)
-    """
-
-
 def run_floor(data: Path, work: Path) -> dict[str, Any]:
-    import duckdb
+    from bench.floor_features import run_floor as floor
 
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    extras = _extras()
     started = time.perf_counter()
-    con.execute(floor_sql(data, work / "floor.parquet"))
-    seconds = time.perf_counter() - started
-    con.close()
-    return {"seconds": seconds, "columns": len(CORE_COLUMNS)}
+    floor(data, work / "floor.parquet", WINDOW, extras)
+    return {"seconds": time.perf_counter() - started, "columns": len(all_columns(extras))}
 
 
 def _mismatches(a: pd.Series, b: pd.Series) -> int:
-    """Rows where two versions of a column differ (both empty counts as equal; floats to 1e-9)."""
-    if pd.api.types.is_datetime64_any_dtype(a):
-        same = (a == b) | (a.isna() & b.isna())
-        return int((~same).sum())
-    x, y = a.astype("float64").to_numpy(), b.astype("float64").to_numpy()
-    return int((~np.isclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+    """Rows where two versions of a column differ (both empty counts as equal; numbers to 1e-9)."""
+    both_empty = a.isna().to_numpy() & b.isna().to_numpy()
+    if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
+        x, y = a.astype("float64").to_numpy(), b.astype("float64").to_numpy()
+        return int((~np.isclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+    if pd.api.types.is_datetime64_any_dtype(a) or pd.api.types.is_datetime64_any_dtype(b):
+        a, b = pd.to_datetime(a), pd.to_datetime(b)  # a date and the same day as a timestamp are equal
+    same = (a.astype(object) == b.astype(object)).fillna(False).to_numpy(dtype=bool)
+    return int((~(same | both_empty)).sum())
 
 
 def run_check(data: Path, work: Path) -> dict[str, Any]:
-    """Assert that pandas and the floor compute the product's values for every core column."""
+    """Assert that pandas and the floor compute the product's values in every column and row."""
+    columns = all_columns(_extras())
     frames = {
-        name: pd.read_parquet(work / f"{name}.parquet", columns=CORE_COLUMNS)
-        .sort_values("customer_key")
-        .reset_index(drop=True)
+        name: pd.read_parquet(work / f"{name}.parquet").sort_values("customer_key").reset_index(drop=True)
         for name in FEATURE_VARIANTS
     }
     product = frames["product"]
+    assert list(product.columns) == columns, "the product's columns are not the catalog's"
     report: dict[str, dict[str, int]] = {}
     for name in ("pandas", "floor"):
         other = frames[name]
+        assert list(other.columns) == columns, f"{name}: columns differ from the product's"
         assert len(other) == len(product), f"{name}: {len(other)} rows, product {len(product)}"
         assert (other["customer_key"] == product["customer_key"]).all(), f"{name}: different customers"
-        report[name] = {c: _mismatches(product[c], other[c]) for c in CORE_COLUMNS[1:]}
+        report[name] = {c: _mismatches(product[c], other[c]) for c in columns[1:]}
     bad = {name: {c: n for c, n in cols.items() if n} for name, cols in report.items()}
-    assert not any(bad.values()), f"core features differ from the product's (rows per column): {bad}"
+    assert not any(bad.values()), f"features differ from the product's (rows per column): {bad}"
     buyers = int((product["orders"] > 0).sum())
-    return {"seconds": 0.0, "rows": len(product), "columns_checked": len(CORE_COLUMNS) - 1, "buyers": buyers}
+    return {"seconds": 0.0, "rows": len(product), "columns_checked": len(columns) - 1, "buyers": buyers}
 
 
 def run_segments(data: Path, work: Path) -> dict[str, Any]:
@@ -315,7 +231,6 @@ RUNNERS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {
     "check": run_check,
     "segments": run_segments,
     "diff": run_diff,
-    "profile": run_profile,
 }
 
 
@@ -381,17 +296,14 @@ def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -
         f"generated in {gen['seconds']:.1f}s{' (cached)' if gen.get('cached') else ''}, "
         f"{gen['bytes'] / 2**20:,.0f} MiB Parquet"
     )
-    print(
-        "ratios compare the product's FULL feature query with pandas and a hand-written floor that compute "
-        f"only the {len(CORE_COLUMNS) - 1} core features (so they overstate the product's cost)\n"
-    )
+    print("pandas and the hand-written floor compute the same feature table as the product (checked equal)\n")
     header = f"{'size':<5}{'stage':<34}{'seconds':>9}{'peak MiB':>10}{'pandas/product':>16}{'product/floor':>15}"
     print(header)
     print("-" * len(header))
     labels = {
-        "product": f"features: product (all {results.get('product', {}).get('columns', '?')} cols)",
-        "pandas": f"features: pandas (core {len(CORE_COLUMNS) - 1})",
-        "floor": f"features: DuckDB floor (core {len(CORE_COLUMNS) - 1})",
+        "product": f"features: product ({results.get('product', {}).get('columns', '?')} cols)",
+        "pandas": "features: pandas (same table)",
+        "floor": "features: DuckDB floor (same table)",
         "segments": f"segments ({results.get('segments', {}).get('segments', '?')} evaluated)",
         "diff": "membership diff (~5 % changed)",
     }
@@ -406,21 +318,16 @@ def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -
             f"{size:<5}{label:<34}{_fmt(r.get('seconds'), '.2f'):>9}{_fmt(r.get('peak_rss_mib'), ',.0f'):>10}"
             f"{ratio_p:>16}{ratio_f:>15}"
         )
-    prof = results.get("profile", {})
-    if "hot" in prof:
-        print(f"\nproduct query under the profiler: {prof['seconds']:.2f}s wall, {prof['cpu_s']:.2f}s CPU")
-        print("slowest operators (seconds summed over threads):")
-        for op in prof["hot"]:
-            print(f"  {op['seconds']:>7.2f}s {op['operator']:<16}{op['rows'] or 0:>12,} rows  {op['detail']}")
+    stages = results.get("product", {}).get("stages_s")
+    if stages:
+        parts = ", ".join(f"{k.removeprefix('features_')} {v:.1f}s" for k, v in stages.items())
+        print(f"\nproduct feature stages: {parts}")
     seg = results.get("segments", {})
     if "error" not in seg and seg:
         print(
             f"\nsegments: {seg['memberships']:,} memberships; one query for all clauses + boolean algebra and "
             f"reasons {seg['evaluate_all_s']:.2f}s, finalize (priorities, splits, reasons) {seg['finalize_s']:.2f}s"
         )
-    prod = results.get("product", {})
-    if "error" not in prod and prod:
-        print(f"product features: query {prod['query_s']:.2f}s + Parquet write {prod['write_s']:.2f}s")
     product_stages = [results.get(v, {}).get("peak_rss_mib") for v in ("product", "segments", "diff")]
     peak = max((p for p in product_stages if p is not None), default=None)
     checks = {
@@ -436,7 +343,7 @@ def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -
     }
     if "check" in results:
         verdict = "FAILED: " + results["check"]["error"] if "error" in results["check"] else "equal"
-        print(f"core features, pandas and floor vs product: {verdict}")
+        print(f"features, pandas and floor vs product: {verdict}")
     print("\ntargets (issue 4, stated for size M):")
     for name, (value, ok) in checks.items():
         print(f"  {name:<30}{_fmt(value, '.2f'):>10}  {'met' if ok else 'NOT met'}")
@@ -450,7 +357,6 @@ def report(size: str, gen: dict[str, Any], results: dict[str, dict[str, Any]]) -
         "product_over_floor": over_floor,
         "peak_rss_mib_product_stages": peak,
         "targets": {name: {"value": value, "met": ok} for name, (value, ok) in checks.items()},
-        "note": "pandas and floor compute only the core features; the product computes all of them",
     }
 
 
@@ -483,8 +389,8 @@ def main() -> None:
     os.environ.setdefault("AUDIENCES_CONFIG", str(CONFIG))  # the rule compiler's field catalog
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(segdata.SIZES), default="S")
-    parser.add_argument("--variant", choices=VARIANTS + DIAGNOSTICS, help="internal: run one stage in this process")
-    parser.add_argument("--only", nargs="+", choices=VARIANTS + DIAGNOSTICS, help="stages to run (default: all)")
+    parser.add_argument("--variant", choices=VARIANTS, help="internal: run one stage in this process")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, help="stages to run (default: all)")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--timeout", type=float, help="seconds allowed per stage")

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -670,9 +671,13 @@ def _frame_like_duckdb(table: pa.Table) -> pd.DataFrame:
 
 
 def _run_stages(
-    con: duckdb.DuckDBPyConnection, window: RunWindow, extras: Sequence[Feature]
+    con: duckdb.DuckDBPyConnection,
+    window: RunWindow,
+    extras: Sequence[Feature],
+    seconds: dict[str, float] | None = None,
 ) -> tuple[str, dict[str, object]]:
-    """Create the stage tables in ``con``; returns the final query over them and its parameters."""
+    """Create the stage tables in ``con`` (timing each into ``seconds``); returns the final query over them
+    and its parameters."""
     _register_inputs(con, extras)
     fixed = {"as_of": window.as_of, "run_date": window.run_date, "radius_km": EARTH_RADIUS_KM}
 
@@ -683,7 +688,12 @@ def _run_stages(
 
     for table, stage in _STAGES:
         sql, params = bound(stage)
+        started = time.perf_counter()
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", params)
+        took = time.perf_counter() - started
+        log.info("feature stage %s: %.1fs", table, took)
+        if seconds is not None:
+            seconds[table] = took
     extra_sql = "".join(f",\n       p.{_quote(f.name)}" for f in extras)
     return bound(_FINAL.replace("{extras}", extra_sql))
 
@@ -732,6 +742,7 @@ class WrittenFeatures:
     rows: int
     buyers: int
     schema: dict[str, str]
+    seconds: dict[str, float]  # per stage, then "result" (the join) and "write"
 
 
 def write_features(
@@ -745,11 +756,14 @@ def write_features(
     (``_frame_like_duckdb``), so the result is kept in a temporary table, its empty values counted, and the
     metadata taken from a two-row stand-in with the same emptiness put through the same conversion.
     """
+    seconds: dict[str, float] = {}
     try:
-        sql, params = _run_stages(con, window, extras)
+        sql, params = _run_stages(con, window, extras, seconds)
         columns = _check_columns(con.sql(sql, params=params).columns, extras)
         select = ", ".join(map(_quote, columns))
+        started = time.perf_counter()
         con.execute(f"CREATE OR REPLACE TEMP TABLE features_result AS SELECT {select} FROM ({sql})", params)
+        seconds["result"] = time.perf_counter() - started
     finally:
         _drop_stages(con)
     try:
@@ -777,14 +791,16 @@ def write_features(
         )
         metadata = pa.Schema.from_pandas(stand_in, preserve_index=False).metadata[b"pandas"].decode()
         outputs = ", ".join(f"{q} AS {_quote(c)}" for c, q in cols.items())
+        started = time.perf_counter()
         con.execute(
             f"COPY (SELECT {outputs} FROM features_result) TO {_literal(str(path))} "
             f"(FORMAT parquet, KV_METADATA {{pandas: {_literal(metadata)}}})"
         )
+        seconds["write"] = time.perf_counter() - started
     finally:
         con.execute("DROP TABLE IF EXISTS features_result")
     schema = {c: "null" if filled[c] == 0 else str(stand_in[c].dtype) for c in columns}
-    return WrittenFeatures(rows, buyers, schema)
+    return WrittenFeatures(rows, buyers, schema, seconds)
 
 
 def build_features(
