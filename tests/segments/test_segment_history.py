@@ -50,3 +50,19 @@ def test_sizes_accumulate_over_runs(tmp_path: Path) -> None:
         [str(day2), "vip", 1, 0, 1],
         [str(day2), "lapsed", 1, 1, 0],
     ]
+
+
+def test_changes_between_a_categorical_run_and_a_text_run_of_other_segments() -> None:
+    """finalize writes segment and reasons as categoricals; partitions from older runs hold text. A segment
+    dropped from config since the last run leaves whole, one added enters whole."""
+    before = members([("vip", "A", "orders ≥ 3"), ("gone", "B", "x")]).astype("string")
+    now = members([("vip", "A", "orders ≥ 3"), ("vip", "C", "orders ≥ 3"), ("added", "B", "y")])
+    now = now.astype({"segment": "category", "reasons": "category"})
+    now["segment"] = now["segment"].cat.set_categories(["vip", "added", "unused"])  # not sorted, one unused
+    got = membership_changes(now, before)
+    assert got[["segment", "customer_key", "change", "reasons"]].values.tolist() == [
+        ["added", "B", "entered", "y"],
+        ["gone", "B", "left", "x"],
+        ["vip", "C", "entered", "orders ≥ 3"],
+    ]
+    assert all(isinstance(t, pd.StringDtype) for t in got.dtypes)
