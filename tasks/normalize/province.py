@@ -12,9 +12,13 @@ not know (HCMC, Sài Gòn, Thừa Thiên Huế, Nha Trang...) are written here.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from functools import cache, lru_cache
+from pathlib import Path
 
+from tasks import settings
 from tasks.normalize.text import fold
 
 # The 34 provincial-level units in force since 2025-07-01, in the short form the rest of the code,
@@ -83,13 +87,41 @@ def _key(folded: str) -> str:
     return folded.replace(" ", "")
 
 
+def _cache_file() -> Path:
+    """Where the built index is kept: named by the package version and a digest of everything here the
+    index depends on, so an upgrade or an edited alias builds a new one instead of reading a stale one."""
+    from importlib.metadata import version
+
+    recipe = json.dumps([version("vietnamadminunits"), PROVINCES, _ALIASES, _PREFIXES, _NEW_UNITS, _OLD_UNITS])
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    return settings.home() / "cache" / f"provinces-{digest}.json"
+
+
 @cache
 def _index() -> dict[str, str]:
-    """Spaceless folded spelling -> canonical province, built once from the package's data.
+    """Spaceless folded spelling -> canonical province, built from the package's data once per package
+    version and kept on disk: importing the package's parser data takes over a second, paid by every
+    process that compiles a province rule or normalises a profile (DAG parsing imports none of it)."""
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(cached, dict) and cached and set(cached.values()) == set(PROVINCES):
+            return {str(k): str(v) for k, v in cached.items()}
+    except (OSError, ValueError):
+        pass  # missing or unreadable: build it
+    index = _build_index()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)  # whole or absent, even with several processes at once
+    except OSError:
+        pass  # a read-only home only costs the rebuild next time
+    return index
 
-    Imported lazily because loading the package's parser data takes most of a second, which modules
-    that import this one only for its names (DAG parsing) should not pay.
-    """
+
+def _build_index() -> dict[str, str]:
+    """Spaceless folded spelling -> canonical province, from the package's data."""
     from vietnamadminunits import convert_address
     from vietnamadminunits.database import get_data
 
