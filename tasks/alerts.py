@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import smtplib
-import ssl
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -33,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tasks import settings
 from tasks.config.loader import load_model
 from tasks.destinations.credentials import Credential, MissingCredentials, get_credential
+from tasks.smtp import ADDRESS, smtp_session
 
 # httpx and tasks.destinations.http (which pulls in pandas) are imported where they are used: the
 # DAG file imports this module for its failure callback, and parsing it must stay fast.
@@ -48,7 +47,6 @@ LABELS: dict[str, str] = {
     "data_quality_warning": "Data-quality warning",
 }
 
-_ADDRESS = r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$"
 # UUIDs, sync plan ids (2026-11-24-<hex>), dates, timestamps (run ids, log links) and IPv4 addresses
 # can look like phone numbers to ``redact``; they are set aside before it runs and put back after.
 _KEEP = re.compile(
@@ -88,14 +86,14 @@ class EmailChannel(Strict):
     @field_validator("sender")
     @classmethod
     def _sender(cls, value: str) -> str:
-        if not re.match(_ADDRESS, value):
+        if not re.fullmatch(ADDRESS, value):
             raise ValueError(f"not an e-mail address: {value!r}; e.g. audiences-alerts@your-company.com")
         return value
 
     @field_validator("to")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        bad = [a for a in value if not re.match(_ADDRESS, a)]
+        bad = [a for a in value if not re.fullmatch(ADDRESS, a)]
         if bad:
             raise ValueError(f"not an e-mail address: {', '.join(map(repr, bad))}")
         return value
@@ -197,30 +195,18 @@ def send_email(channel: EmailChannel, kind: str, title: str, text: str) -> None:
     message["Auto-Submitted"] = "auto-generated"
     message["X-Audiences-Alert"] = kind
     message.set_content(text)
-    context = ssl.create_default_context()
-    smtp = (
-        smtplib.SMTP_SSL(host, port, timeout=channel.timeout_s, context=context)
-        if use_ssl
-        else smtplib.SMTP(host, port, timeout=channel.timeout_s)
-    )
-    try:
-        smtp.ehlo()
-        if starttls:
-            if not smtp.has_extn("starttls"):
-                raise RuntimeError(
-                    f"SMTP server {host}:{port} does not offer STARTTLS; set ssl or, for a local relay only, "
-                    f'the connection extra {{"starttls": false}}'
-                )
-            smtp.starttls(context=context)
-            smtp.ehlo()
-        if cred.login:
-            smtp.login(cred.login, cred.password or "")
+    with smtp_session(
+        host,
+        port,
+        implicit_tls=use_ssl,
+        starttls=starttls,
+        timeout_s=channel.timeout_s,
+        login=cred.login,
+        password=cred.password,
+        error=RuntimeError,
+        starttls_hint='set ssl or, for a local relay only, the connection extra {"starttls": false}',
+    ) as smtp:
         smtp.send_message(message, from_addr=channel.sender, to_addrs=channel.to)
-    finally:
-        try:
-            smtp.quit()
-        except (smtplib.SMTPException, OSError):
-            smtp.close()
 
 
 def _smtp_address(channel: EmailChannel, cred: Credential) -> tuple[str, int, bool, bool]:

@@ -23,7 +23,6 @@ import hashlib
 import html
 import logging
 import smtplib
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -39,10 +38,10 @@ from tasks.destinations.credentials import Credential, MissingCredentials, get_c
 from tasks.destinations.rendering import EXTENSION, MEDIA_TYPE, FileOptions, Summary, file_name, render, summarize
 from tasks.destinations.s3_files import S3Target, S3Uploader, Upload
 from tasks.settings import RunWindow
+from tasks.smtp import ADDRESS, smtp_session
 
 log = logging.getLogger(__name__)
 
-_ADDRESS = r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+"
 _MB = 1024 * 1024
 
 _metadata = sa.MetaData()
@@ -66,7 +65,7 @@ class EmailOptions(FileOptions):
     connection: str  # Airflow connection: host:port, login/password (no login = no SMTP AUTH)
     host: str | None = None  # overrides the connection's host
     port: int | None = Field(None, ge=1, le=65535)
-    sender: str = Field(pattern=rf"^{_ADDRESS}$")
+    sender: str = Field(pattern=rf"^{ADDRESS}$")
     to: list[str] = Field(min_length=1)
     starttls: bool = True
     ssl: bool = False  # implicit TLS (SMTPS, usually port 465) instead of STARTTLS
@@ -82,7 +81,7 @@ class EmailOptions(FileOptions):
     def _addresses(cls, to: list[str]) -> list[str]:
         import re
 
-        bad = [a for a in to if not re.fullmatch(_ADDRESS, a)]
+        bad = [a for a in to if not re.fullmatch(ADDRESS, a)]
         if bad:
             raise ValueError(f"not an email address: {', '.join(repr(a) for a in bad)}")
         return to
@@ -202,28 +201,20 @@ class Email:
         o = self.options
         cred = get_credential(o.connection)
         host, port = self._address(cred)
-        context = ssl.create_default_context()
         try:
-            smtp: smtplib.SMTP = (
-                smtplib.SMTP_SSL(host, port, timeout=o.timeout_s, context=context)
-                if o.ssl
-                else smtplib.SMTP(host, port, timeout=o.timeout_s)
-            )
-        except OSError as exc:
-            raise EmailDeliveryError(f"cannot reach SMTP server {host}:{port}: {exc}") from exc
-        try:
-            smtp.ehlo()
-            if o.starttls:
-                if not smtp.has_extn("starttls"):
-                    raise EmailDeliveryError(
-                        f"SMTP server {host}:{port} does not offer STARTTLS; the file would travel unencrypted. "
-                        "Use its TLS port (ssl: true) or, only for a relay on the same machine, starttls: false"
-                    )
-                smtp.starttls(context=context)
-                smtp.ehlo()
-            if cred.login:
-                smtp.login(cred.login, cred.password or "")
-            refused = smtp.send_message(message, from_addr=o.sender, to_addrs=o.to)
+            with smtp_session(
+                host,
+                port,
+                implicit_tls=o.ssl,
+                starttls=o.starttls,
+                timeout_s=o.timeout_s,
+                login=cred.login,
+                password=cred.password,
+                error=EmailDeliveryError,
+                starttls_hint="the file would travel unencrypted. Use its TLS port (ssl: true) or, only for a relay "
+                "on the same machine, starttls: false",
+            ) as smtp:
+                refused = smtp.send_message(message, from_addr=o.sender, to_addrs=o.to)
             if refused:
                 log.warning("SMTP server %s refused %d of %d recipients: %s", host, len(refused), len(o.to), refused)
         except smtplib.SMTPAuthenticationError as exc:
@@ -242,11 +233,6 @@ class Email:
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise EmailDeliveryError(f"sending mail via SMTP server {host}:{port} failed: {exc}") from exc
-        finally:
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
 
     def _address(self, cred: Credential) -> tuple[str, int]:
         o = self.options
