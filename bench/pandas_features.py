@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from tasks.features.build import INPUTS
 from tasks.features.catalog import COLUMNS, Feature, Kind
 from tasks.settings import RunWindow
 
@@ -63,31 +64,7 @@ EARTH_RADIUS_KM = 6371.0
 AGE_BANDS = ["<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 
 # What the product reads from the customer profile (every built-in column it passes through or derives from).
-CUSTOMER_COLUMNS = [
-    "customer_key",
-    "customer_id",
-    "full_name",
-    "email",
-    "phone",
-    "gender",
-    "birthday",
-    "province",
-    "email_opt_in",
-    "sms_opt_in",
-    "ads_opt_in",
-    "member_since",
-    "nps_latest",
-    "csat_latest",
-    "occupation",
-    "marital_status",
-    "income_band",
-    "customer_type",
-    "company",
-    "industry",
-    "company_size",
-    "latitude",
-    "longitude",
-]
+CUSTOMER_COLUMNS = list(INPUTS["customers"])
 
 BOOLEAN_COLUMNS = ["email_opt_in", "sms_opt_in", "ads_opt_in"]
 

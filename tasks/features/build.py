@@ -700,7 +700,7 @@ def _run_stages(
 
 def _drop_stages(con: duckdb.DuckDBPyConnection) -> None:
     for table, _ in _STAGES:
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute(f"DROP TABLE IF EXISTS temp.main.{table}")  # never a table of the caller's
 
 
 def _literal(text: str) -> str:
@@ -798,7 +798,7 @@ def write_features(
         )
         seconds["write"] = time.perf_counter() - started
     finally:
-        con.execute("DROP TABLE IF EXISTS features_result")
+        con.execute("DROP TABLE IF EXISTS temp.main.features_result")
     schema = {c: "null" if filled[c] == 0 else str(stand_in[c].dtype) for c in columns}
     return WrittenFeatures(rows, buyers, schema, seconds)
 
