@@ -622,10 +622,10 @@ def configure_connection(con: duckdb.DuckDBPyConnection) -> None:
 
     ``preserve_insertion_order`` is off because the query orders its result explicitly, so operators need
     not buffer rows to keep their input order; whatever DuckDB spills goes under the working area. The
-    memory limit stays DuckDB's (80 % of the machine) unless ``AUDIENCES_FEATURES_MEMORY_LIMIT`` sets one:
-    at a million customers a 2GB limit brought the peak to 2.3-3.3 GiB but made the query about 40 % slower
-    (spilling), and a 2.5GB one failed outright ("failed to pin block"), so a default limit would trade a
-    failed run for memory.
+    memory limit stays DuckDB's (80 % of the machine) unless ``AUDIENCES_FEATURES_MEMORY_LIMIT`` sets one.
+    The staged query peaks at 2.8 GiB for a million customers without one; on the single statement it
+    replaced, a 2GB limit made the query 40 % to 2.5 times slower (spilling) and a 2.5GB one failed outright
+    ("failed to pin block"), so a default limit would trade speed or a failed run for memory.
     """
     spill = settings.home() / "tmp" / "duckdb"
     spill.mkdir(parents=True, exist_ok=True)
