@@ -467,7 +467,6 @@ LEFT JOIN features_lines b USING (customer_key)
 LEFT JOIN features_web web USING (customer_key)
 LEFT JOIN nearest n USING (customer_key)
 LEFT JOIN surveys sv USING (customer_key)
-ORDER BY p.customer_key
 
 """
 
@@ -726,7 +725,8 @@ def compute_features(con: duckdb.DuckDBPyConnection, window: RunWindow, extras: 
     """
     try:
         sql, params = _run_stages(con, window, extras)
-        table = con.sql(sql, params=params).to_arrow_reader(_BATCH_ROWS).read_all()
+        ordered = f"SELECT * FROM ({sql}) ORDER BY customer_key"
+        table = con.sql(ordered, params=params).to_arrow_reader(_BATCH_ROWS).read_all()
     finally:
         _drop_stages(con)
     frame = _frame_like_duckdb(table)
@@ -793,7 +793,8 @@ def write_features(
         outputs = ", ".join(f"{q} AS {_quote(c)}" for c, q in cols.items())
         started = time.perf_counter()
         con.execute(
-            f"COPY (SELECT {outputs} FROM features_result) TO {_literal(str(path))} "
+            # ordered here: with preserve_insertion_order off a table keeps no order (configure_connection)
+            f"COPY (SELECT {outputs} FROM features_result ORDER BY customer_key) TO {_literal(str(path))} "
             f"(FORMAT parquet, KV_METADATA {{pandas: {_literal(metadata)}}})"
         )
         seconds["write"] = time.perf_counter() - started

@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tasks.features.build import compute_features, write_features
+from tasks.features.build import compute_features, configure_connection, write_features
 from tasks.features.catalog import COLUMNS
 from tasks.settings import RunWindow
 from tasks.unify.profiles import build_profiles
@@ -222,12 +222,15 @@ def test_written_file_reads_back_as_the_computed_frame(tmp_path: Path, feats: pd
             path = tmp_path / f"{name}.parquet"
             frame.to_parquet(path, index=False)
             con.read_parquet(str(path)).create_view(name)
+        configure_connection(con)  # as build_features: preserve_insertion_order off, so the order is explicit
         written = write_features(con, WINDOW, tmp_path / "features.parquet")
         leftovers = con.sql("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
     finally:
         con.close()
     expected = feats.reset_index(drop=True)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "features.parquet"), expected)
+    back = pd.read_parquet(tmp_path / "features.parquet")
+    assert back["customer_key"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(back, expected)
     assert written.rows == len(expected)
     assert written.buyers == int((expected["orders"] > 0).sum())
     assert written.schema == {c: "null" if expected[c].isna().all() else str(t) for c, t in expected.dtypes.items()}
