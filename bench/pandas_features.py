@@ -61,6 +61,18 @@ VOUCHER_WINDOWS = (30, 90, 365)
 CATEGORY_WINDOWS = (30, 90, 365)
 WEB_EVENTS = {"page_view": "page_views", "view_item": "product_views", "add_to_cart": "add_to_cart"}
 EARTH_RADIUS_KM = 6371.0
+# What the web features read from the events.
+WEB_COLUMNS = [
+    "user_id",
+    "session_id",
+    "event_at",
+    "event_name",
+    "page_location",
+    "device_category",
+    "browser",
+    "traffic_source",
+    "item_ids",
+]
 AGE_BANDS = ["<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 
 # What the product reads from the customer profile (every built-in column it passes through or derives from).
@@ -249,27 +261,9 @@ def web_features(
     events = pd.read_parquet(
         events_dir,
         engine="pyarrow",
-        columns=[
-            "user_id",
-            "session_id",
-            "event_at",
-            "event_name",
-            "page_location",
-            "device_category",
-            "browser",
-            "traffic_source",
-            "item_ids",
-        ],
+        columns=WEB_COLUMNS,
         filters=pc.field("user_id").is_valid() & (pc.field("event_at") < pd.Timestamp(window.as_of)),
-        read_dictionary=[
-            "user_id",
-            "event_name",
-            "page_location",
-            "device_category",
-            "browser",
-            "traffic_source",
-            "item_ids",
-        ],
+        read_dictionary=[c for c in WEB_COLUMNS if c not in ("session_id", "event_at")],  # the text columns
     )
     user = "user_id"
     events, ids = _factorized(events, user)

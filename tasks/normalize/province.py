@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from contextlib import suppress
 from functools import cache, lru_cache
 from pathlib import Path
 
 from tasks import settings
 from tasks.normalize.text import fold
+from tasks.storage import LocalStore
 
 # The 34 provincial-level units in force since 2025-07-01, in the short form the rest of the code,
 # the sample data's ground truth and the e2e test compare against ("Hồ Chí Minh", not "Thành phố
@@ -110,13 +111,10 @@ def _index() -> dict[str, str]:
     except (OSError, ValueError):
         pass  # missing or unreadable: build it
     index = _build_index()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, ensure_ascii=False, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)  # whole or absent, even with several processes at once
-    except OSError:
-        pass  # a read-only home only costs the rebuild next time
+    # LocalStore writes whole or not at all, even with several processes at once; a read-only home only
+    # costs the rebuild next time
+    with suppress(OSError):
+        LocalStore(path.parent).put(path.name, json.dumps(index, ensure_ascii=False, sort_keys=True).encode())
     return index
 
 
