@@ -34,7 +34,7 @@ DATA_DIR = ROOT / "var" / "bench" / "data"
 RUN_DATE = date(2026, 11, 24)
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 SEED = 4
-FORMAT_VERSION = 1  # bump when the shapes change, so stale caches are regenerated
+FORMAT_VERSION = 2  # bump when the shapes change, so stale caches are regenerated
 SHOP_URL = "https://shop.example.vn"
 TABLES = ("customers", "orders", "purchases", "web_events", "stores", "survey_responses")
 
@@ -110,14 +110,23 @@ def _timestamps(micros: np.ndarray) -> pa.Array:
     return pa.array(micros.astype(np.int64), pa.timestamp("us", tz="UTC"))
 
 
-def _spread_times(rng: np.random.Generator, n: int, days: int) -> np.ndarray:
-    """Instants in the ``days`` before as-of, denser towards the run date, a few after it."""
+def _spread_times(rng: np.random.Generator, n: int, days: int, part: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Instants in the ``days`` before as-of, denser towards the run date, a few after it; ascending.
+
+    ``part = (i, k)`` draws the i-th of k consecutive slices of that spread (the oldest first), so a
+    table written in k chunks is in time order across its files, as the lake's unified tables are
+    (tasks/unify/profiles.py), and a windowed rule can skip the row groups outside its window. Rows
+    after as-of go to the last slice.
+    """
+    i, k = part
     end = _micros(as_of())
     span = days * 86_400_000_000
-    back = (span * rng.random(n) ** 1.3).astype(np.int64)
-    out = end - 1 - back
-    future = rng.random(n) < FUTURE_SHARE
-    out[future] = end + rng.integers(0, 86_400_000_000, int(future.sum()))
+    # back = span * u ** 1.3 falls as u rises, so the oldest slice is the top of u's range
+    u = (k - 1 - i + rng.random(n)) / k
+    out = np.sort(end - 1 - (span * u**1.3).astype(np.int64))
+    if i == k - 1:
+        future = int((rng.random(n) < FUTURE_SHARE).sum())
+        out[n - future :] = np.sort(end + rng.integers(0, 86_400_000_000, future))
     return out
 
 
@@ -207,11 +216,12 @@ def _order_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
     buyers = int(size.customers * 0.7)  # the rest never bought (prospects)
     store_ids = [f"S{i + 1:03d}" for i in range(sum(STORES_PER_PROVINCE))]
     cat_names = pa.array(CATEGORIES)
+    chunks = -(-n_orders // ORDER_CHUNK)
     for start in range(0, n_orders, ORDER_CHUNK):
         n = min(ORDER_CHUNK, n_orders - start)
         customer = _skewed(rng, n, buyers, 1.8)
         guest = rng.random(n) < 0.03
-        at = _spread_times(rng, n, ORDER_DAYS)
+        at = _spread_times(rng, n, ORDER_DAYS, (start // ORDER_CHUNK, chunks))
         online = rng.random(n) < 0.3
         per_order = 1 + rng.poisson(LINES_PER_ORDER - 1, n)
         order_of_line = np.repeat(np.arange(n), per_order)
@@ -261,6 +271,7 @@ def _event_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
     first_product_page = 3 + len(CATEGORIES)
     buyers = int(size.customers * 0.9)
     session_base = 0
+    chunks = -(-size.events // EVENT_CHUNK)
     for start in range(0, size.events, EVENT_CHUNK):
         n = min(EVENT_CHUNK, size.events - start)
         lengths = 1 + rng.poisson(5, n // 4 + 10)
@@ -271,7 +282,7 @@ def _event_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
         pos = np.arange(n) - first[session]
         logged_in = rng.random(n_sess) < 0.45
         user = _skewed(rng, n_sess, buyers, 1.6)
-        sess_start = _spread_times(rng, n_sess, EVENT_DAYS)
+        sess_start = _spread_times(rng, n_sess, EVENT_DAYS, (start // EVENT_CHUNK, chunks))
         at = sess_start[session] + pos * rng.integers(4_000_000, 90_000_000, n)
         name_idx = rng.choice(len(EVENT_NAMES), n, p=EVENT_WEIGHTS)
         names = np.array(EVENT_NAMES, dtype=object)[name_idx]
@@ -301,7 +312,7 @@ def _event_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
                 "browser": _pick(BROWSERS, rng.integers(0, len(BROWSERS), n_sess)[session]),
                 "traffic_source": _pick(SOURCES, rng.integers(0, len(SOURCES), n_sess)[session]),
             }
-        )
+        ).sort_by([("event_at", "ascending")])  # sessions overlap: in time order, as unify writes events
         session_base += n_sess
 
 

@@ -170,16 +170,22 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
     con.raw_sql("SET TimeZone = 'UTC'")
     features = con.read_parquet(work / "product.parquet", table_name="features")
     purchases = con.read_parquet(segdata.files(data, "purchases"), table_name="purchases")
-    # unified/web_events calls the logged-in user customer_key (tasks/unify/profiles.py).
+    # unified/web_events and unified/orders carry customer_key (tasks/unify/profiles.py); in this
+    # synthetic lake every id is already its customer's key.
     con.raw_sql(
         "CREATE VIEW events AS SELECT user_id AS customer_key, * EXCLUDE (user_id) "
         f"FROM read_parquet('{segdata.files(data, 'web_events')}')"
+    )
+    con.raw_sql(
+        "CREATE VIEW orders AS SELECT customer_id AS customer_key, * EXCLUDE (customer_id) "
+        f"FROM read_parquet('{segdata.files(data, 'orders')}')"
     )
     stores = con.read_parquet(segdata.files(data, "stores"), table_name="stores")
     compiler = Compiler(
         features,
         purchases,
         WINDOW,
+        orders=con.table("orders"),
         events=con.table("events"),
         stores=stores,
         segments={s.name: s.rule for s in segments.segments},

@@ -147,6 +147,7 @@ def evaluate_memberships(
     window: RunWindow,
     segments: SegmentsConfig | Iterable[Segment],
     *,
+    orders_path: Paths | None = None,
     events_path: Paths | None = None,
     stores_path: Paths | None = None,
 ) -> dict[str, set[str]]:
@@ -156,7 +157,7 @@ def evaluate_memberships(
     query, event clauses sharing their scans), so parity is proven for what runs. Priority groups and
     splits are applied afterwards in Python (``evaluate.finalize``), identically for every engine, so
     only this part needs parity. A rule that is NULL for a customer (missing value) leaves them out.
-    Web events and stores are optional like in the pipeline; rules that need a missing one fail when
+    Orders, web events and stores are optional here; rules that need a missing one fail when
     compiled. Sets, because engines guarantee no row order.
     """
     from tasks.segments.evaluate import evaluate_all  # evaluate imports this module
@@ -167,6 +168,7 @@ def evaluate_memberships(
         features,
         read_parquet(con, purchases_path),
         window,
+        orders=read_parquet(con, orders_path) if orders_path is not None else None,
         events=read_parquet(con, events_path) if events_path is not None else None,
         stores=read_parquet(con, stores_path) if stores_path is not None else None,
         segments={s.name: s.rule for s in segs.segments},

@@ -61,6 +61,7 @@ def engine(
         with tempfile.TemporaryDirectory(prefix="segments-") as tmp:
             features = engines.read_parquet(con, lake.local_files("features", FEATURE_SOURCE, FEATURE_TABLE, day))
             purchases = engines.read_parquet(con, lake.local_files("unified", UNIFIED, "purchases", day))
+            orders = engines.read_parquet(con, lake.local_files("unified", UNIFIED, "orders", day))
             events = None
             if lake.exists("unified", UNIFIED, "web_events", day):
                 events = engines.read_parquet(con, lake.local_files("unified", UNIFIED, "web_events", day))
@@ -74,6 +75,7 @@ def engine(
                 features,
                 purchases,
                 window,
+                orders=orders,
                 events=events,
                 stores=store_table,
                 segments={s.name: s.rule for s in segments.segments},
@@ -258,8 +260,12 @@ def finalize(segments: SegmentsConfig, evaluation: Evaluation) -> pd.DataFrame:
         rows.append(at)
         if seg.split:  # hashing only for splits
             chosen = evaluation.keys.take(pa.array(at)).to_pylist()
-            names = [seg.split.group_of(k) for k in chosen]
-            groups.append(np.array([group_names.setdefault(g, len(group_names)) for g in names], dtype=np.int32))
+            index = seg.split.group_indices(chosen)
+            names = list(seg.split.groups)
+            codes_of = np.full(len(names), -1, dtype=np.int32)
+            for i in np.unique(index):  # only groups someone is in become categories
+                codes_of[i] = group_names.setdefault(names[i], len(group_names))
+            groups.append(codes_of[index])
         else:
             groups.append(np.full(len(at), -1, dtype=np.int32))  # no group
         seg_codes, seg_texts = evaluation.reasons[seg.name]

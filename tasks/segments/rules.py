@@ -21,15 +21,18 @@ import difflib
 import hashlib
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from tasks.config.loader import TAG_PREFIX, suggest
 from tasks.features import catalog
 from tasks.segments.windows import Node, Window
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The comparison operators of the language, shared by Python checks and engine expressions
 # (Ibis overloads the same operators, so one table serves both).
@@ -494,14 +497,24 @@ class Split(Node):
         return groups
 
     def group_of(self, customer_key: str) -> str:
-        digest = hashlib.sha256(f"{self.salt}\x1f{customer_key}".encode()).digest()
-        position = int.from_bytes(digest[:8], "big") / 2**64 * 100
-        cumulative = 0.0
-        for name, share in self.groups.items():
-            cumulative += share
-            if position < cumulative:
-                return name
-        return next(reversed(self.groups))  # float rounding at the very top of the range
+        return list(self.groups)[int(self.group_indices([customer_key])[0])]
+
+    def group_indices(self, customer_keys: Sequence[str]) -> np.ndarray:
+        """Each key's group as an index into ``groups`` (in the order written).
+
+        Only the hashing loops in Python; placing the positions on the cumulative shares is one
+        ``searchsorted``. Dividing the 8-byte integer by 2**64 is exact in floating point, so the
+        positions equal Python's ``int / 2**64``.
+        """
+        import numpy as np
+
+        prefix = f"{self.salt}\x1f".encode()
+        heads = b"".join(hashlib.sha256(prefix + key.encode()).digest()[:8] for key in customer_keys)
+        position = np.frombuffer(heads, dtype=">u8").astype(np.float64) / 2**64 * 100
+        cumulative = np.cumsum(np.array(list(self.groups.values()), dtype=np.float64))
+        # the first group whose cumulative share exceeds the position; float rounding at the very
+        # top of the range falls to the last group
+        return np.minimum(np.searchsorted(cumulative, position, side="right"), len(self.groups) - 1)
 
 
 class PriorityGroup(Node):

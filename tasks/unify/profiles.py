@@ -168,7 +168,11 @@ def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str,
     )
     purchases["customer_key"] = purchases["customer_id"].map(key_of)
     purchases = purchases[["customer_key", "order_id", "ordered_at", "product_id", "category", "line_total_vnd"]]
+    # In time order, as the orders and web events: a windowed rule then reads only the row groups whose
+    # time range reaches into its window.
+    purchases = purchases.sort_values(["ordered_at", "order_id"], kind="stable").reset_index(drop=True)
     lake.write("unified", UNIFIED, "purchases", day, purchases)
+    lake.write("unified", UNIFIED, "orders", day, unified_orders(orders, key_of))
     orphan_lines = len(lines) - len(purchases)
     events = unified_web_events(lake, refs["web_events"].source, day)
     events["customer_key"] = events["customer_key"].map(key_of)
@@ -181,6 +185,31 @@ def unify(lake: Lake, window: RunWindow, refs: dict[str, TableRef]) -> dict[str,
         "web_events": len(events),
         **identity_stats,
     }
+
+
+ORDER_COLUMNS = [
+    "customer_key",
+    "order_id",
+    "ordered_at",
+    "total_vnd",
+    "discount_vnd",
+    "store_id",
+    "channel",
+    "voucher_code",
+]
+
+
+def unified_orders(orders: pd.DataFrame, key_of: dict[str, str]) -> pd.DataFrame:
+    """One row per order with the customer's key, in time order.
+
+    Rules that count orders or sum what customers paid ("3+ orders in 90 days", "spent 1,000,000 VND
+    this year") read this instead of the purchase lines: a row per order rather than per line, and the
+    totals after discounts, as the ``orders`` and ``spend_last_*`` features count them. Guest orders
+    (no known customer) keep an empty key, like their lines in ``purchases``.
+    """
+    out = orders.reindex(columns=[c for c in ORDER_COLUMNS if c != "customer_key"])
+    out.insert(0, "customer_key", orders["customer_id"].map(key_of).astype("string"))
+    return out.sort_values(["ordered_at", "order_id"], kind="stable").reset_index(drop=True)
 
 
 def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:

@@ -124,6 +124,7 @@ STORES = {"S001": (10.7769, 106.7009), "S_HN": (21.0285, 105.8542), "S_DN": (16.
 class Lake:
     features: Path
     purchases: Path
+    orders: Path
     events: Path
     stores: Path
 
@@ -131,7 +132,7 @@ class Lake:
         return self.features, self.purchases
 
     def optional(self) -> dict[str, Path]:
-        return {"events_path": self.events, "stores_path": self.stores}
+        return {"orders_path": self.orders, "events_path": self.events, "stores_path": self.stores}
 
 
 def _walk(model: BaseModel) -> Iterator[BaseModel]:
@@ -166,6 +167,7 @@ def _build_lake(folder: Path) -> Lake:
     rng = random.Random(20261124)
     as_of_utc = WINDOW.as_of.astimezone(ZoneInfo("UTC"))
     lines: list[dict[str, Any]] = []
+    orders_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     boundary = datetime(2026, 10, 31, 17, 0, tzinfo=ZoneInfo("UTC"))  # local midnight of 2026-11-01
     family = ["Nguyễn", "Trần", "Lê", "Phạm", "Đặng"]
@@ -201,7 +203,12 @@ def _build_lake(folder: Path) -> Lake:
                     }
                 )
         before = [t for t in times if t < as_of_utc]
-        spend = [ln["line_total_vnd"] for ln in lines if ln["customer_key"] == key and ln["ordered_at"] < as_of_utc]
+        # Every third order has a 10 % discount, so an order's total differs from its lines' sum.
+        for n, at in enumerate(sorted(times)):
+            gross = sum(ln["line_total_vnd"] for ln in lines if ln["order_id"] == f"{key}-o{n}")
+            total = gross - gross // 10 if n % 3 == 2 else gross
+            orders_rows.append({"customer_key": key, "order_id": f"{key}-o{n}", "ordered_at": at, "total_vnd": total})
+        spend = [o["total_vnd"] for o in orders_rows if o["customer_key"] == key and o["ordered_at"] < as_of_utc]
         orders = len(before)
         row: dict[str, Any] = {}
         for feat in FEATURES:
@@ -247,6 +254,7 @@ def _build_lake(folder: Path) -> Lake:
         rows.append(row)
     # A guest order without a customer is in the lake but never in a segment.
     lines.append({**lines[0], "customer_key": None, "order_id": "guest-1"})
+    orders_rows.append({**orders_rows[0], "customer_key": None, "order_id": "guest-1"})
 
     runtime = list(catalog.known().values())  # built-ins plus the CRM attributes of config/features.yaml
     for i, row in enumerate(rows):
@@ -256,13 +264,16 @@ def _build_lake(folder: Path) -> Lake:
         features[feat.name] = _typed(features[feat.name], feat.kind)
     purchases = pd.DataFrame(lines)
     purchases["ordered_at"] = pd.to_datetime(purchases["ordered_at"], utc=True).dt.as_unit("us")
+    orders = pd.DataFrame(orders_rows)
+    orders["ordered_at"] = pd.to_datetime(orders["ordered_at"], utc=True).dt.as_unit("us")
     events = _events(rng, as_of_utc)
     stores = pd.DataFrame(
         [(sid, lat, lon) for sid, (lat, lon) in STORES.items()], columns=["store_id", "latitude", "longitude"]
     )
-    lake = Lake(*(folder / f"{name}.parquet" for name in ("features", "purchases", "events", "stores")))
+    lake = Lake(*(folder / f"{name}.parquet" for name in ("features", "purchases", "orders", "events", "stores")))
     features.to_parquet(lake.features, index=False)
     purchases.to_parquet(lake.purchases, index=False)
+    orders.to_parquet(lake.orders, index=False)
     events.to_parquet(lake.events, index=False)
     stores.to_parquet(lake.stores, index=False)
     return lake

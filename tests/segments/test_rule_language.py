@@ -7,6 +7,7 @@ UTC, as the lake stores them. The main run date is Wednesday 2026-04-15 (week Mo
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ ORDERS = [
     ("C10", "o11", "2026-03-15 00:00", "P-001", "backpack", 100_000),  # first instant of last_months: 1
     ("C10", "o12", "2026-03-14 23:59", "P-011", "wallet", 100_000),  # one minute before it
 ]
+# Order discounts: C04 paid 1,800,000 VND for o5's 2,000,000 VND backpack line, so a rule on what was
+# paid (no category) and one on the lines (a category) answer differently between those two sums.
+DISCOUNTS = {"o5": 200_000}
 
 # (customer, local time, event, page path or URL, item ids, item categories)
 EVENTS: list[tuple[str | None, str, str, str, str | None, str | None]] = [
@@ -121,6 +125,11 @@ def _frames() -> dict[str, pd.DataFrame]:
     purchases = pd.DataFrame(ORDERS, columns=["customer_key", "order_id", "ordered_at", "product_id", "category", "v"])
     purchases["ordered_at"] = pd.to_datetime([_utc(t) for t in purchases["ordered_at"]]).as_unit("us")
     purchases = purchases.rename(columns={"v": "line_total_vnd"})
+    orders = purchases.groupby("order_id", as_index=False, sort=False).agg(
+        customer_key=("customer_key", "first"), ordered_at=("ordered_at", "first"), gross=("line_total_vnd", "sum")
+    )
+    orders["discount_vnd"] = orders["order_id"].map(DISCOUNTS).fillna(0).astype("int64")
+    orders["total_vnd"] = orders.pop("gross") - orders["discount_vnd"]
     events = pd.DataFrame(
         [
             {
@@ -146,7 +155,7 @@ def _frames() -> dict[str, pd.DataFrame]:
     features["first_page"] = features["customer_key"].map(first)
     for col in ("customer_key", "item_ids", "item_categories"):
         events[col] = events[col].astype("string")
-    return {"features": features, "purchases": purchases, "events": events, "stores": STORES}
+    return {"features": features, "purchases": purchases, "orders": orders, "events": events, "stores": STORES}
 
 
 @dataclass
@@ -160,6 +169,7 @@ class Data:
             t["features"],
             t["purchases"],
             RunWindow(run, TZ),
+            orders=t["orders"],
             events=t["events"],
             stores=t["stores"],
             segments=segments,
@@ -274,6 +284,19 @@ PURCHASE_CASES = [
     ({"product": "P-010", "min_orders": 2}, {"C08"}),
     ({"spend": {"gte": 400_000}, "orders": {"gte": 2}}, {"C03", "C08"}),
 ]
+
+
+def test_spend_is_what_was_paid_without_a_filter_and_the_lines_with_one(data: Data) -> None:
+    assert data.members({"purchased": {"spend": {"gte": 1_800_000}}}) == {"C04"}
+    assert data.members({"purchased": {"spend": {"gte": 1_900_000}}}) == set()  # 200,000 VND off o5
+    assert data.members({"purchased": {"category": "backpack", "spend": {"gte": 1_900_000}}}) == {"C04"}
+
+
+def test_counting_orders_without_the_orders_table_says_what_is_missing(data: Data) -> None:
+    with pytest.raises(ValueError, match=r"unified/orders is missing for this run; rerun the unify step"):
+        data.members({"purchased": {"within": {"last_days": 90}}}, orders=None)
+    # a clause with a category reads the lines alone
+    assert data.members({"purchased": {"category": "wallet"}}, orders=None) == {"C03", "C08", "C10"}
 
 
 @pytest.mark.parametrize(
@@ -534,6 +557,29 @@ def test_holdout_share_is_close_to_the_configured_percentage() -> None:
     assert moved > 1000  # a new salt reshuffles
 
 
+def _group_by_the_definition(split: Split, key: str) -> str:
+    """The documented rule, one key at a time: SHA-256 of salt, unit separator and key; the first 8
+    bytes as a fraction of 2**64 placed on the cumulative shares."""
+    digest = hashlib.sha256(f"{split.salt}\x1f{key}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64 * 100
+    cumulative = 0.0
+    for name, share in split.groups.items():
+        cumulative += share
+        if position < cumulative:
+            return name
+    return list(split.groups)[-1]
+
+
+@pytest.mark.parametrize(
+    "groups", [{"test": 90, "holdout": 10}, {"a": 33.3, "b": 33.3, "c": 33.4}, {"x": 0.5, "y": 99.5}]
+)
+def test_vectorised_groups_follow_the_definition_key_by_key(groups: dict[str, float]) -> None:
+    split = Split.model_validate({"salt": "s", "groups": groups})
+    keys = [f"CUST-{i:06d}" for i in range(20_000)]
+    names = list(groups)
+    assert [names[i] for i in split.group_indices(keys)] == [_group_by_the_definition(split, k) for k in keys]
+
+
 @pytest.mark.parametrize(
     ("groups", "message"),
     [({"a": 50, "b": 40}, "add up to 100"), ({"a": 100, "b": 0}, "above 0"), ({"A b": 50, "c": 50}, "lower-case")],
@@ -592,6 +638,7 @@ def test_evaluate_writes_memberships_for_every_example(tmp_path: Path) -> None:
     frames = _frames()
     lake.write("features", FEATURE_SOURCE, FEATURE_TABLE, RUN, frames["features"])
     lake.write("unified", UNIFIED, "purchases", RUN, frames["purchases"])
+    lake.write("unified", UNIFIED, "orders", RUN, frames["orders"])
     lake.write("unified", UNIFIED, "web_events", RUN, frames["events"])
     counts = evaluate(lake, RunWindow(RUN, TZ), cfg, stores=STORES)
     written = lake.read("segments", FEATURE_SOURCE, MEMBERSHIP_TABLE, RUN)

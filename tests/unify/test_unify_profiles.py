@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.unify.profiles import build_profiles
+from tasks.unify.profiles import ORDER_COLUMNS, build_profiles, unified_orders
 
 
 def _contact(contact_id: str, customer_id: str | None, updated_at: str | None, **kw: Any) -> dict[str, Any]:
@@ -110,3 +110,27 @@ def test_missing_opt_in_becomes_false_and_output_is_sorted() -> None:
     prof = build_profiles(contacts, _orders())
     assert prof["customer_key"].tolist() == ["K1", "K3"]
     assert prof.set_index("customer_key").loc["K3", "email_opt_in"] == False  # noqa: E712
+
+
+def test_unified_orders_carry_the_customer_key_in_time_order() -> None:
+    at = pd.to_datetime(["2026-03-02 10:00", "2026-03-01 09:00", "2026-03-02 10:00", "2026-03-03 08:00"], utc=True)
+    orders = pd.DataFrame(
+        {
+            "order_id": ["O2", "O1", "O0", "O3"],
+            "customer_id": ["L1", "L2", "L1", None],
+            "store_id": ["S1", "S2", "S1", "S1"],
+            "channel": ["store", "store", "online", "store"],
+            "ordered_at": at,
+            "subtotal_vnd": [100, 200, 300, 400],
+            "discount_vnd": [0, 20, 0, 0],
+            "total_vnd": [100, 180, 300, 400],
+            "updated_at": at,
+        }
+    )
+    out = unified_orders(orders, {"L1": "K-1", "L2": "K-1"})  # two loyalty ids resolved to one customer
+    assert list(out.columns) == ORDER_COLUMNS
+    # by time, then order id; the guest order keeps an empty key rather than being dropped
+    assert list(out["order_id"]) == ["O1", "O0", "O2", "O3"]
+    assert out["customer_key"].tolist()[:3] == ["K-1", "K-1", "K-1"] and pd.isna(out["customer_key"].iloc[3])
+    assert list(out["total_vnd"]) == [180, 300, 100, 400]
+    assert out["voucher_code"].isna().all()  # a source without vouchers still gives the column
