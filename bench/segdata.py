@@ -8,6 +8,11 @@ memory. Values only need realistic cardinalities and skew (few heavy buyers, man
 anonymous web traffic, a small share of rows after the run's as-of instant) so the engines do the
 work they would do on real data.
 
+One lake serves both the feature stage (which reads the sources) and the segment stage (which reads
+what unify writes), so the tables take the unified shape where the two differ at no cost to the
+sources' readers: orders, lines and web events are in time order across their files, and web events
+carry ``page_path``. The segment stage names the ids ``customer_key`` through views.
+
 Run ``python -m bench.segdata --size S`` to generate (or reuse) one size; the benchmark calls
 :func:`ensure` itself. Output: ``var/bench/data/<size>/<table>/part-NNNNN.parquet``.
 """
@@ -34,7 +39,7 @@ DATA_DIR = ROOT / "var" / "bench" / "data"
 RUN_DATE = date(2026, 11, 24)
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 SEED = 4
-FORMAT_VERSION = 2  # bump when the shapes change, so stale caches are regenerated
+FORMAT_VERSION = 3  # bump when the shapes change, so stale caches are regenerated
 SHOP_URL = "https://shop.example.vn"
 TABLES = ("customers", "orders", "purchases", "web_events", "stores", "survey_responses")
 
@@ -306,6 +311,7 @@ def _event_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
                 "event_at": _timestamps(at),
                 "event_name": pa.array(names, pa.string()),
                 "page_location": _pick(urls, page),
+                "page_path": _pick(pages, page),  # as unify extracts it (tasks/normalize/url.py)
                 "item_ids": _pick(product_ids, product, ~on_product),
                 "item_categories": _pick(CATEGORIES, product_cat[product], ~on_product),
                 "device_category": _pick(DEVICES, rng.choice(3, n_sess, p=[0.7, 0.25, 0.05])[session]),

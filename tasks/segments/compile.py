@@ -9,10 +9,9 @@ row pass, e.g. ``orders: {eq: 0}``), so the result stays one boolean column of t
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import ibis
 import ibis.expr.types as ir
@@ -20,6 +19,7 @@ import ibis.expr.types as ir
 from tasks.config.loader import suggest
 from tasks.features import catalog
 from tasks.normalize.province import canonical_province
+from tasks.normalize.url import PAGE_PATH_PATTERN, is_path
 from tasks.segments.rules import (
     COMPARATORS,
     All,
@@ -28,6 +28,7 @@ from tasks.segments.rules import (
     Compare,
     Count,
     Did,
+    DidSpec,
     EventWhere,
     FirstPage,
     InSegment,
@@ -43,9 +44,8 @@ from tasks.segments.rules import (
 from tasks.segments.windows import bounds, shift_months
 from tasks.settings import RunWindow
 
+S = TypeVar("S", PurchasedSpec, DidSpec)
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG); error vs. the ellipsoid < 0.5 % at these distances
-# An optional scheme://host before a page's path; the path ends at a query, a fragment or the end.
-_ORIGIN_RE = r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?"
 
 
 def _and(parts: Iterable[ir.BooleanValue]) -> ir.BooleanValue:
@@ -69,15 +69,16 @@ def _count_expr(count: Count, col: ir.NumericValue) -> ir.BooleanValue:
 
 
 def _page_equals(page: ir.StringValue, value: str) -> ir.BooleanValue:
-    """Whether the page is ``value``: a whole URL as written, or a path ("/" also matches a bare host).
+    """Whether the page URL is ``value``: a whole URL as written, or a path (tasks/normalize/url.py).
 
-    One anchored match per row, not extracting the path and comparing it: event clauses test this on
-    every page view. ``re.escape`` output is literal text in both RE2 (DuckDB) and Java (Spark).
+    For the one page per customer of the ``first_page`` feature; event clauses compare the
+    ``page_path`` column unify extracted with the same pattern, instead of a regular expression per
+    page view.
     """
-    if not value.startswith("/"):
+    if not is_path(value):
         return page == value
-    path = "/?" if value == "/" else re.escape(value)
-    return page.re_search(_ORIGIN_RE + path + r"(?:[?#]|$)")
+    path = page.re_extract(PAGE_PATH_PATTERN, 1).nullif("").fill_null("/")
+    return page.notnull() & (path == value)
 
 
 def anniversary_days(days: Iterable[date]) -> list[int]:
@@ -242,14 +243,16 @@ class Compiler:
                 "rule 'purchased' without a category or product needs the orders, but unified/orders is "
                 "missing for this run; rerun the unify step for this date"
             )
-        o = self.o
-        orders = o.filter(self._bounded(o.customer_key, o.ordered_at, [s.within for s in specs.values()]))
+
+        def inside(t: ir.Table, spec: PurchasedSpec) -> ir.BooleanValue:
+            return self._in_time(t.ordered_at, spec.within)
+
+        orders = self._rows(self.o, "ordered_at", specs.values(), inside)
         per_customer: dict[str, ir.Value] = {}
         for i, spec in enumerate(specs.values()):
-            inside = self._in_time(orders.ordered_at, spec.within)
-            per_customer[f"n{i}"] = orders.count(where=inside)
+            per_customer[f"n{i}"] = orders.count(where=inside(orders, spec))
             if spec.spend is not None:
-                per_customer[f"spend{i}"] = orders.total_vnd.sum(where=inside).fill_null(0)
+                per_customer[f"spend{i}"] = orders.total_vnd.sum(where=inside(orders, spec)).fill_null(0)
         totals = orders.group_by("customer_key").aggregate(**per_customer)
         return self._decide(totals, specs)
 
@@ -261,11 +264,12 @@ class Compiler:
         "has a matching line" flag and matching spend per clause, then once per customer: two
         aggregations for any number of clauses, on any engine.
         """
-        p = self.p
-        lines = p.filter(self._bounded(p.customer_key, p.ordered_at, [s.within for s in specs.values()]))
-        matches = {
-            name: self._line_matches(lines, spec.category, spec.product, spec.within) for name, spec in specs.items()
-        }
+
+        def matching(t: ir.Table, spec: PurchasedSpec) -> ir.BooleanValue:
+            return self._line_matches(t, spec.category, spec.product, spec.within)
+
+        lines = self._rows(self.p, "ordered_at", specs.values(), matching)
+        matches = {name: matching(lines, spec) for name, spec in specs.items()}
         per_order: dict[str, ir.Value] = {}
         for i, (name, spec) in enumerate(specs.items()):
             # nunique(order_id) ignores lines without an order id; their spend still counts.
@@ -281,13 +285,21 @@ class Compiler:
         totals = orders.group_by("customer_key").aggregate(**per_customer)
         return self._decide(totals, specs)
 
-    def _bounded(self, key: ir.Value, at: ir.TimestampValue, windows: Iterable[Window | None]) -> ir.BooleanValue:
-        """Rows with a customer, before the as-of instant and inside the widest of ``windows``: the
-        filter every clause of a shared pass starts from, so the scan skips what no clause can use."""
-        cond = key.notnull() & (at < ibis.literal(self.window.as_of))
-        if (since := self._since(windows)) is not None:
-            cond = cond & (at >= ibis.literal(since))
-        return cond
+    def _rows(
+        self, table: ir.Table, at: str, specs: Iterable[S], match: Callable[[ir.Table, S], ir.BooleanValue]
+    ) -> ir.Table:
+        """The rows a shared pass aggregates: a customer's, before the as-of instant, inside the widest
+        window (bounds the Parquet reader uses to skip row groups) and matching at least one clause.
+
+        A row no clause counts adds nothing to any count or sum, and customers without rows count as
+        zero anyway (``_counted``), so dropping it changes no answer; it only keeps the aggregation
+        small: "home page 5 times" aggregates the 4M home page views of 24M page views.
+        """
+        items = list(specs)
+        cond = table.customer_key.notnull() & (table[at] < ibis.literal(self.window.as_of))
+        if (since := self._since(spec.within for spec in items)) is not None:
+            cond = cond & (table[at] >= ibis.literal(since))
+        return table.filter(cond).filter(lambda t: _or(match(t, spec) for spec in items))
 
     def _decide(self, totals: ir.Table, specs: Mapping[str, PurchasedSpec]) -> dict[str, ir.BooleanValue]:
         out: dict[str, ir.BooleanValue] = {}
@@ -318,7 +330,8 @@ class Compiler:
         if where.page_contains is not None:
             parts.append(e.page_location.lower().contains(where.page_contains.lower()))
         if where.page_equals is not None:
-            parts.append(_page_equals(e.page_location, where.page_equals))
+            value = where.page_equals
+            parts.append(e.page_path == value if is_path(value) else e.page_location == value)
         if where.item:
             ids = e.item_ids.split(",")
             parts.append(_or(ids.contains(i) for i in where.item))
@@ -334,16 +347,17 @@ class Compiler:
         """Every ``did`` clause from ONE pass over the web events: a count per clause and customer."""
         e = self._events("did")
         specs = {name: rule.did for name, rule in rules.items()}
-        events = e.filter(
-            self._bounded(e.customer_key, e.event_at, [spec.within for spec in specs.values()])
-            & e.event_name.isin(sorted({spec.event for spec in specs.values()}))
-        )
+
+        def matching(t: ir.Table, spec: DidSpec) -> ir.BooleanValue:
+            match = (t.event_name == spec.event) & self._in_time(t.event_at, spec.within)
+            return match if spec.where is None else match & self._event_filter(t, spec.where)
+
+        # the event names alone first: a filter the Parquet reader applies while it reads
+        named = e.filter(e.event_name.isin(sorted({spec.event for spec in specs.values()})))
+        events = self._rows(named, "event_at", specs.values(), matching)
         counts: dict[str, ir.Value] = {}
         for i, spec in enumerate(specs.values()):
-            match = (events.event_name == spec.event) & self._in_time(events.event_at, spec.within)
-            if spec.where is not None:
-                match = match & self._event_filter(events, spec.where)
-            counts[f"n{i}"] = events.count(where=match)
+            counts[f"n{i}"] = events.count(where=matching(events, spec))
         totals = events.group_by("customer_key").aggregate(**counts)
         return {name: self._counted(totals, {f"n{i}": spec.times}) for i, (name, spec) in enumerate(specs.items())}
 

@@ -229,6 +229,17 @@ KNOWN_EVENTS: tuple[str, ...] = (
 )
 
 
+def _page_value(value: str | None) -> str | None:
+    """A path ends before any query or fragment, so a "/" value holding one could never match."""
+    if value is not None and value.startswith("/") and ("?" in value or "#" in value):
+        path = value.split("?")[0].split("#")[0] or "/"
+        raise ValueError(
+            f"{value!r} compares the page's path, which never holds '?' or '#'; write {path!r} "
+            "(any query string), or page_contains to match a query"
+        )
+    return value
+
+
 class EventWhere(Node):
     """Filters on a web event; all given filters must hold.
 
@@ -242,6 +253,7 @@ class EventWhere(Node):
     category: list[str] | None = None
 
     _listify = field_validator("item", "category", mode="before")(_listify)
+    _path = field_validator("page_equals")(_page_value)
 
 
 class DidSpec(Node):
@@ -304,6 +316,8 @@ class PageMatch(Node):
 
     contains: str | None = Field(None, min_length=1)
     equals: str | None = Field(None, min_length=1)
+
+    _path = field_validator("equals")(_page_value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PageMatch:

@@ -17,6 +17,7 @@ from tasks.current import current_frame, register_current
 from tasks.lake import Lake
 from tasks.normalize.contact import normalize_email, normalize_phone
 from tasks.normalize.province import canonical_province
+from tasks.normalize.url import page_path_sql
 from tasks.settings import RunWindow
 from tasks.tables import TableRef
 
@@ -216,15 +217,17 @@ def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:
     """Web events keyed by customer, for rules such as "viewed X but did not buy it".
 
     Anonymous events stay in (customer_key empty): they still count for site-wide analysis, and
-    identity resolution can attach them later through the pseudo id.
+    identity resolution can attach them later through the pseudo id. ``page_path`` is the page's path
+    (tasks/normalize/url.py), extracted once here rather than by every rule on every page view.
     """
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         register_current(con, lake, source, "web_events", day)
         return con.execute(
-            """
+            f"""
             SELECT user_id AS customer_key, user_pseudo_id, session_id, event_at, event_name, page_location,
+                   {page_path_sql("page_location")} AS page_path,
                    item_ids, item_categories, device_category, browser, traffic_source
             FROM web_events ORDER BY event_at
             """

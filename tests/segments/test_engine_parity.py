@@ -281,15 +281,16 @@ def _build_lake(folder: Path) -> Lake:
 
 def _events(rng: random.Random, as_of_utc: datetime) -> pd.DataFrame:
     """Web events shaped like unified/web_events, with URLs and item lists that probe string handling."""
-    pages = [
-        "https://shop.vn/",
-        "https://shop.vn",  # empty path is the home page
-        "https://shop.vn/?utm=x#top",
-        "https://shop.vn/sale?utm=x",
-        "https://shop.vn/Sale/balo",
-        "/blog/tips",
-        "https://shop.vn/BLOG/a#top",
-    ]
+    paths = {  # each page and the path unify stores for it (page_path)
+        "https://shop.vn/": "/",
+        "https://shop.vn": "/",  # empty path is the home page
+        "https://shop.vn/?utm=x#top": "/",
+        "https://shop.vn/sale?utm=x": "/sale",
+        "https://shop.vn/Sale/balo": "/Sale/balo",
+        "/blog/tips": "/blog/tips",
+        "https://shop.vn/BLOG/a#top": "/BLOG/a",
+    }
+    pages = list(paths)
     items = [("P1", "backpack"), ("P1, P2", "Backpack, wallet"), ("P3,P4", "backpack,hat"), ("P2", "wallet")]
     rows: list[dict[str, Any]] = []
     for i in range(N_CUSTOMERS + 5):
@@ -317,6 +318,7 @@ def _events(rng: random.Random, as_of_utc: datetime) -> pd.DataFrame:
             )
     events = pd.DataFrame(rows)
     events["event_at"] = pd.to_datetime(events["event_at"], utc=True).dt.as_unit("us")
+    events["page_path"] = events["page_location"].map(paths)
     return events.astype({c: "string" for c in events.columns if c != "event_at"})
 
 

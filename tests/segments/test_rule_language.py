@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import ibis
@@ -148,6 +149,7 @@ def _frames() -> dict[str, pd.DataFrame]:
         ]
     )
     events["event_at"] = pd.to_datetime(events["event_at"]).dt.as_unit("us")
+    events["page_path"] = [urlsplit(url).path or "/" for url in events["page_location"]]  # as unify stores it
     # first_page is a feature (features/build.py); here it is derived from EVENTS independently: the
     # earliest page view before the run's as-of instant, the smaller page on a tie.
     views = events[(events["event_name"] == "page_view") & (events["event_at"] < _utc(str(RUN + timedelta(days=1))))]
