@@ -10,8 +10,9 @@ work they would do on real data.
 
 One lake serves both the feature stage (which reads the sources) and the segment stage (which reads
 what unify writes), so the tables take the unified shape where the two differ at no cost to the
-sources' readers: orders, lines and web events are in time order across their files, and web events
-carry ``page_path``. The segment stage names the ids ``customer_key`` through views.
+sources' readers: orders and lines are in time order across their files, web events in
+(event_name, event_at) order, and web events carry ``page_path``. The segment stage names the ids
+``customer_key`` through views.
 
 Run ``python -m bench.segdata --size S`` to generate (or reuse) one size; the benchmark calls
 :func:`ensure` itself. Output: ``var/bench/data/<size>/<table>/part-NNNNN.parquet``.
@@ -39,7 +40,7 @@ DATA_DIR = ROOT / "var" / "bench" / "data"
 RUN_DATE = date(2026, 11, 24)
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 SEED = 4
-FORMAT_VERSION = 3  # bump when the shapes change, so stale caches are regenerated
+FORMAT_VERSION = 4  # bump when the shapes change, so stale caches are regenerated
 SHOP_URL = "https://shop.example.vn"
 TABLES = ("customers", "orders", "purchases", "web_events", "stores", "survey_responses")
 
@@ -360,8 +361,15 @@ def generate(size: Size, out: Path) -> dict[str, int]:
         _write(out / "purchases" / f"part-{i:05d}.parquet", lines)
         counts["orders"] += orders.num_rows
         counts["purchases"] += lines.num_rows
+    names = sorted({*EVENT_NAMES, "session_start"})
     for i, events in enumerate(_event_chunks(rng, size, keys)):
-        _write(out / "web_events" / f"part-{i:05d}.parquet", events)
+        # One file per event name and time slice: read in name order, the files hold the events by
+        # (event_name, event_at), the order unify writes them in, without sorting 50M rows here.
+        for n, name in enumerate(names):
+            _write(
+                out / "web_events" / f"part-{n:02d}-{i:05d}.parquet",
+                events.filter(pc.equal(events["event_name"], name)),
+            )
         counts["web_events"] += events.num_rows
     return counts
 

@@ -219,6 +219,10 @@ def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:
     Anonymous events stay in (customer_key empty): they still count for site-wide analysis, and
     identity resolution can attach them later through the pseudo id. ``page_path`` is the page's path
     (tasks/normalize/url.py), extracted once here rather than by every rule on every page view.
+
+    Ordered by event name, then time: every web rule names its event and most have a window, so the
+    Parquet reader skips the row groups of other events and of other times ("clicked the
+    call-to-action last month" reads a sliver of the table, not every page view).
     """
     con = duckdb.connect()
     try:
@@ -229,7 +233,7 @@ def unified_web_events(lake: Lake, source: str, day: date) -> pd.DataFrame:
             SELECT user_id AS customer_key, user_pseudo_id, session_id, event_at, event_name, page_location,
                    {page_path_sql("page_location")} AS page_path,
                    item_ids, item_categories, device_category, browser, traffic_source
-            FROM web_events ORDER BY event_at
+            FROM web_events ORDER BY event_name, event_at
             """
         ).df()
     finally:
