@@ -9,10 +9,12 @@ anonymous web traffic, a small share of rows after the run's as-of instant) so t
 work they would do on real data.
 
 One lake serves both the feature stage (which reads the sources) and the segment stage (which reads
-what unify writes), so the tables take the unified shape where the two differ at no cost to the
-sources' readers: orders and lines are in time order across their files, web events in
-(event_name, event_at) order, and web events carry ``page_path``. The segment stage names the ids
-``customer_key`` through views.
+what unify writes). Orders and lines take the unified shape, which costs the sources' readers
+nothing: in time order across their files (the segment stage names ``customer_id`` ``customer_key``
+through a view). Web events are written twice: ``web_events`` as the source delivers them (time
+order), and ``unified_web_events`` as unify writes them, in (event_name, event_at) order with
+``customer_key`` and ``page_path``. One copy cannot serve both: in name order the feature stage's
+per-session aggregation holds each session in several partial groups (400 MiB more at M).
 
 Run ``python -m bench.segdata --size S`` to generate (or reuse) one size; the benchmark calls
 :func:`ensure` itself. Output: ``var/bench/data/<size>/<table>/part-NNNNN.parquet``.
@@ -40,9 +42,10 @@ DATA_DIR = ROOT / "var" / "bench" / "data"
 RUN_DATE = date(2026, 11, 24)
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 SEED = 4
-FORMAT_VERSION = 4  # bump when the shapes change, so stale caches are regenerated
+FORMAT_VERSION = 5  # bump when the shapes change, so stale caches are regenerated
 SHOP_URL = "https://shop.example.vn"
 TABLES = ("customers", "orders", "purchases", "web_events", "stores", "survey_responses")
+UNIFIED_EVENTS = "unified_web_events"  # the web events as unify writes them, for the segment stage
 
 # Rows per chunk: a chunk is generated, written as one file and dropped, which bounds memory.
 ORDER_CHUNK = 2_000_000
@@ -362,14 +365,18 @@ def generate(size: Size, out: Path) -> dict[str, int]:
         counts["orders"] += orders.num_rows
         counts["purchases"] += lines.num_rows
     names = sorted({*EVENT_NAMES, "session_start"})
+    counts[UNIFIED_EVENTS] = 0
     for i, events in enumerate(_event_chunks(rng, size, keys)):
-        # One file per event name and time slice: read in name order, the files hold the events by
-        # (event_name, event_at), the order unify writes them in, without sorting 50M rows here.
+        # The source's events in time order, as an analytics export delivers them; the feature stage
+        # reads these (tasks/features/build.py reads the source, not unify's copy).
+        _write(out / "web_events" / f"part-{i:05d}.parquet", events.drop_columns(["page_path"]))
+        # unified/web_events: keyed by customer_key and in (event_name, event_at) order. One file per
+        # event name and time slice gives that order without sorting 50M rows here.
+        unified = events.rename_columns(["customer_key" if c == "user_id" else c for c in events.column_names])
         for n, name in enumerate(names):
-            _write(
-                out / "web_events" / f"part-{n:02d}-{i:05d}.parquet",
-                events.filter(pc.equal(events["event_name"], name)),
-            )
+            part = unified.filter(pc.equal(unified["event_name"], name))
+            _write(out / UNIFIED_EVENTS / f"part-{n:02d}-{i:05d}.parquet", part)
+            counts[UNIFIED_EVENTS] += part.num_rows
         counts["web_events"] += events.num_rows
     return counts
 

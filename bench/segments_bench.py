@@ -170,12 +170,9 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
     con.raw_sql("SET TimeZone = 'UTC'")
     features = con.read_parquet(work / "product.parquet", table_name="features")
     purchases = con.read_parquet(segdata.files(data, "purchases"), table_name="purchases")
-    # unified/web_events and unified/orders carry customer_key (tasks/unify/profiles.py); in this
-    # synthetic lake every id is already its customer's key.
-    con.raw_sql(
-        "CREATE VIEW events AS SELECT user_id AS customer_key, * EXCLUDE (user_id) "
-        f"FROM read_parquet('{segdata.files(data, 'web_events')}')"
-    )
+    events = con.read_parquet(segdata.files(data, segdata.UNIFIED_EVENTS), table_name="events")
+    # unified/orders carries customer_key (tasks/unify/profiles.py); in this synthetic lake every id is
+    # already its customer's key.
     con.raw_sql(
         "CREATE VIEW orders AS SELECT customer_id AS customer_key, * EXCLUDE (customer_id) "
         f"FROM read_parquet('{segdata.files(data, 'orders')}')"
@@ -186,7 +183,7 @@ def run_segments(data: Path, work: Path) -> dict[str, Any]:
         purchases,
         WINDOW,
         orders=con.table("orders"),
-        events=con.table("events"),
+        events=events,
         stores=stores,
         segments={s.name: s.rule for s in segments.segments},
     )
