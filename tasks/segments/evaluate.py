@@ -171,8 +171,9 @@ def evaluate_all(compiler: Compiler, features: Any, segments: SegmentsConfig) ->
         }
         hit = explain.value(seg.rule, arrays)
         outcome[seg.name] = hit
-        members = {path: a[hit] for path, a in arrays.items()}
-        reasons[seg.name] = explain.deciding_codes(seg.rule, members, int(hit.sum()))
+        at = np.flatnonzero(hit)  # taking members by index costs their number, a mask the whole table
+        members = {path: a.take(at) for path, a in arrays.items()}
+        reasons[seg.name] = explain.deciding_codes(seg.rule, members, len(at))
     return Evaluation(keys, outcome, reasons)
 
 
