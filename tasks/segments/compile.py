@@ -331,6 +331,11 @@ class Compiler:
             parts.append(e.page_location.lower().contains(where.page_contains.lower()))
         if where.page_equals is not None:
             value = where.page_equals
+            if is_path(value) and "page_path" not in e.columns:
+                raise ValueError(
+                    "rule 'did' with page_equals needs the page_path column of unified/web_events, which this "
+                    "run's events lack (unified by an older version); rerun the unify step for this date"
+                )
             parts.append(e.page_path == value if is_path(value) else e.page_location == value)
         if where.item:
             ids = e.item_ids.split(",")

@@ -294,6 +294,16 @@ def test_spend_is_what_was_paid_without_a_filter_and_the_lines_with_one(data: Da
     assert data.members({"purchased": {"category": "backpack", "spend": {"gte": 1_900_000}}}) == {"C04"}
 
 
+def test_a_page_rule_on_events_unified_before_page_path_says_what_to_rerun(data: Data) -> None:
+    events = data.tables["events"]
+    older = events.drop("page_path")
+    with pytest.raises(ValueError, match=r"lack \(unified by an older version\); rerun the unify step"):
+        data.members({"did": {"event": "page_view", "where": {"page_equals": "/"}}}, events=older)
+    # a whole URL still compares page_location
+    url = f"{SHOP}/c/backpack"
+    assert data.members({"did": {"event": "page_view", "where": {"page_equals": url}}}, events=older) == {"C02"}
+
+
 def test_counting_orders_without_the_orders_table_says_what_is_missing(data: Data) -> None:
     with pytest.raises(ValueError, match=r"unified/orders is missing for this run; rerun the unify step"):
         data.members({"purchased": {"within": {"last_days": 90}}}, orders=None)
