@@ -103,10 +103,10 @@ class Compiler:
     """Compiles rules for one run.
 
     ``purchases`` are the unified purchase lines and ``orders`` the unified orders (one row per order,
-    with its total after discounts). ``events`` (unified web events), ``stores`` (store_id, latitude,
-    longitude) and ``segments``
-    (rules by segment name, for ``in_segment``) are only needed by the rules that use them; a rule that
-    needs a missing one fails when it is compiled, naming what is missing.
+    with its total after discounts). ``orders``, ``events`` (unified web events), ``stores`` (store_id,
+    latitude, longitude) and ``segments`` (rules by segment name, for ``in_segment``) are only needed by
+    the rules that use them; a rule that needs a missing one fails when it is compiled, naming what is
+    missing.
     """
 
     def __init__(
