@@ -209,6 +209,8 @@ def unified_orders(orders: pd.DataFrame, key_of: dict[str, str]) -> pd.DataFrame
     (no known customer) keep an empty key, like their lines in ``purchases``.
     """
     out = orders.reindex(columns=[c for c in ORDER_COLUMNS if c != "customer_key"])
+    for col in ("order_id", "store_id", "channel", "voucher_code"):  # text even where a source lacks it
+        out[col] = out[col].astype("string")
     out.insert(0, "customer_key", orders["customer_id"].map(key_of).astype("string"))
     return out.sort_values(["ordered_at", "order_id"], kind="stable").reset_index(drop=True)
 
