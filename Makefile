@@ -45,7 +45,7 @@ test-topology: install-dev
 	$(VENV)/bin/pytest tests/integration/test_celery_topology.py -s
 
 # Segment engine (issue 4): features vs pandas and a hand-written DuckDB floor, segments, membership diff.
-# Data is generated once per size under var/bench/data/<size>/ (M is about 1.3 GB, L about 7 GB).
+# Data is generated once per size under var/bench/data/<size>/ (M is about 2.4 GB, L about 12 GB).
 bench-segments: install-dev
 	$(VENV)/bin/python -m bench.segments_bench --size S
 	$(VENV)/bin/python -m bench.segments_bench --size M
