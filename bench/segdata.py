@@ -322,7 +322,7 @@ def _event_chunks(rng: np.random.Generator, size: Size, keys: pa.Array) -> Itera
                 "browser": _pick(BROWSERS, rng.integers(0, len(BROWSERS), n_sess)[session]),
                 "traffic_source": _pick(SOURCES, rng.integers(0, len(SOURCES), n_sess)[session]),
             }
-        ).sort_by([("event_at", "ascending")])  # sessions overlap: in time order, as unify writes events
+        ).sort_by([("event_at", "ascending")])  # sessions overlap: sorted into time order, as exports deliver events
         session_base += n_sess
 
 
