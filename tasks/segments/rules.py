@@ -29,6 +29,7 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
 from tasks.config.loader import TAG_PREFIX, suggest
 from tasks.features import catalog
+from tasks.normalize.url import is_path
 from tasks.segments.windows import Node, Window
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ KNOWN_EVENTS: tuple[str, ...] = (
 
 def _page_value(value: str | None) -> str | None:
     """A path ends before any query or fragment, so a "/" value holding one could never match."""
-    if value is not None and value.startswith("/") and ("?" in value or "#" in value):
+    if value is not None and is_path(value) and ("?" in value or "#" in value):
         path = value.split("?")[0].split("#")[0] or "/"
         raise ValueError(
             f"{value!r} compares the page's path, which never holds '?' or '#'; write {path!r} "
