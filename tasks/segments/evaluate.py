@@ -260,12 +260,12 @@ def finalize(segments: SegmentsConfig, evaluation: Evaluation) -> pd.DataFrame:
     # each array of int64 is 100 MB whose first touch alone (page faults) cost about 0.1 s.
     counts = [0 if kept.get(seg.name) is None else int(np.count_nonzero(kept[seg.name])) for seg in segments.segments]
     total = sum(counts)
-    taken = np.empty(total, dtype=_int_type(len(evaluation.keys)))
+    taken = np.empty(total, dtype=explain.code_type(len(evaluation.keys)))
     most_groups = sum(len(seg.split.groups) for seg in segments.segments if seg.split)
-    group_codes = np.full(total, -1, dtype=_int_type(most_groups))  # -1: no group
+    group_codes = np.full(total, -1, dtype=explain.code_type(most_groups))  # -1: no group
     texts: list[str] = []
     most_texts = sum(len(evaluation.reasons[seg.name][1]) for seg in segments.segments if seg.name in kept)
-    reason_codes = np.empty(total, dtype=_int_type(most_texts))
+    reason_codes = np.empty(total, dtype=explain.code_type(most_texts))
     group_names: dict[str, int] = {}  # group -> category code
     start = 0
     for seg, count in zip(segments.segments, counts, strict=True):
@@ -293,21 +293,14 @@ def finalize(segments: SegmentsConfig, evaluation: Evaluation) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "segment": pd.Categorical.from_codes(
-                np.repeat(np.arange(len(counts), dtype=_int_type(len(counts))), counts),
+                np.repeat(np.arange(len(counts), dtype=explain.code_type(len(counts))), counts),
                 pd.Index([seg.name for seg in segments.segments], dtype=STRING),
             ),
             "customer_key": pd.array(evaluation.keys_at(taken), dtype=STRING),
             "group": pd.Categorical.from_codes(group_codes, pd.Index(list(group_names), dtype=STRING)),
             "reasons": pd.Categorical.from_codes(
-                text_codes.astype(_int_type(len(unique_texts)))[reason_codes], pd.Index(unique_texts, dtype=STRING)
+                text_codes.astype(explain.code_type(len(unique_texts)))[reason_codes],
+                pd.Index(unique_texts, dtype=STRING),
             ),
         }
     )
-
-
-def _int_type(values: int) -> type[np.signedinteger[Any]]:
-    """The narrowest signed integer type that holds 0 .. ``values`` and -1 (what a categorical's codes use)."""
-    for kind in (np.int8, np.int16, np.int32):
-        if values < np.iinfo(kind).max:
-            return kind
-    return np.int64
