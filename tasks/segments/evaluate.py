@@ -276,7 +276,7 @@ def finalize(segments: SegmentsConfig, evaluation: Evaluation) -> pd.DataFrame:
         rows = slice(start, start + count)
         taken[rows] = at
         if seg.split:  # hashing only for splits
-            index = seg.split.group_indices(evaluation.keys_at(at).to_pylist())
+            index = seg.split.group_indices(evaluation.keys_at(at))
             names = list(seg.split.groups)
             codes_of = np.full(len(names), -1, dtype=group_codes.dtype)
             for i in np.unique(index):  # only groups someone is in become categories

@@ -18,7 +18,6 @@ rule can run on DuckDB here or on Spark / a warehouse elsewhere.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import operator
 import re
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from tasks.segments.windows import Node, Window
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
 # The comparison operators of the language, shared by Python checks and engine expressions
 # (Ibis overloads the same operators, so one table serves both).
@@ -488,10 +488,9 @@ class Split(Node):
 
     A member's group depends only on (salt, customer_key): SHA-256 of ``salt + "\\x1f" + key``, first
     8 bytes as a fraction of 2**64, mapped onto the groups' cumulative shares in the order written.
-    It is computed in Python on the member keys, not with the engine's ``hash()``, because DuckDB
-    does not promise that hash to be stable across versions or engines. A customer therefore stays
-    in the same group on every run and whoever else joins or leaves the segment; change the salt to
-    reshuffle.
+    SHA-256, not an engine's ``hash()``, because DuckDB does not promise that hash to be stable across
+    versions or engines. A customer therefore stays in the same group on every run and whoever else
+    joins or leaves the segment; change the salt to reshuffle.
     """
 
     salt: str = Field(min_length=1)
@@ -514,18 +513,33 @@ class Split(Node):
     def group_of(self, customer_key: str) -> str:
         return list(self.groups)[int(self.group_indices([customer_key])[0])]
 
-    def group_indices(self, customer_keys: Sequence[str]) -> np.ndarray:
+    def group_indices(self, customer_keys: Sequence[str] | pa.Array) -> np.ndarray:
         """Each key's group as an index into ``groups`` (in the order written).
 
-        Only the hashing loops in Python; placing the positions on the cumulative shares is one
-        ``searchsorted``. Dividing the 8-byte integer by 2**64 is exact in floating point, so the
-        positions equal Python's ``int / 2**64``.
+        The digests are computed by DuckDB's ``sha256`` over the whole array at once: hashlib in a Python
+        loop took 0.4 s for the 378k split members of a million customers, DuckDB 0.1 s. Placing the
+        positions on the cumulative shares is one ``searchsorted``; dividing the 8-byte integer by 2**64
+        is exact in floating point, so the positions equal Python's ``int / 2**64``.
         """
+        import duckdb
         import numpy as np
+        import pyarrow as pa
 
-        prefix = f"{self.salt}\x1f".encode()
-        heads = b"".join(hashlib.sha256(prefix + key.encode()).digest()[:8] for key in customer_keys)
-        position = np.frombuffer(heads, dtype=">u8").astype(np.float64) / 2**64 * 100
+        keys = pa.table(
+            {
+                "customer_key": customer_keys.cast(pa.large_string())
+                if isinstance(customer_keys, pa.Array)
+                else pa.array(customer_keys, pa.large_string())
+            }
+        )
+        with duckdb.connect() as con:
+            con.register("split_keys", keys)
+            heads = con.execute(
+                # a projection of one table keeps its row order; the first 16 hex digits are the first 8 bytes
+                "SELECT CAST('0x' || left(sha256($prefix || customer_key), 16) AS UBIGINT) AS head FROM split_keys",
+                {"prefix": f"{self.salt}\x1f"},
+            ).fetchnumpy()["head"]
+        position = np.asarray(heads, dtype=np.uint64).astype(np.float64) / 2**64 * 100
         cumulative = np.cumsum(np.array(list(self.groups.values()), dtype=np.float64))
         # the first group whose cumulative share exceeds the position; float rounding at the very
         # top of the range falls to the last group
