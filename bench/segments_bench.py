@@ -48,6 +48,8 @@ WINDOW = RunWindow(segdata.RUN_DATE, segdata.TZ)
 FEATURE_VARIANTS = ("floor", "product", "pandas")
 VARIANTS = (*FEATURE_VARIANTS, "check", "segments", "diff")
 CHANGED_SHARE = 0.05
+# Stages that read another stage's output; the work folder is emptied at the start of every run.
+NEEDS = {"segments": "product", "diff": "segments"}
 REPEATS = {"segments": 3}  # runs of a stage, median reported (see ``repeated``)
 TARGETS = {"speedup_vs_pandas": 4.0, "over_floor": 1.5, "peak_mib": 3 * 1024, "segments_s": 5.0, "segments_n": 50}
 
@@ -424,7 +426,13 @@ def main() -> None:
     if args.variant:
         child(args.variant, args.data, args.work)
     else:
-        parent(args.size, args.only or list(VARIANTS), args.timeout, args.keep)
+        variants = args.only or list(VARIANTS)
+        for stage, needed in NEEDS.items():
+            if stage in variants and needed not in variants:
+                parser.error(
+                    f"the {stage} stage reads the {needed} stage's output from the same run: add {needed} to --only"
+                )
+        parent(args.size, variants, args.timeout, args.keep)
 
 
 if __name__ == "__main__":
