@@ -597,6 +597,13 @@ def test_vectorised_groups_follow_the_definition_key_by_key(groups: dict[str, fl
     assert [names[i] for i in split.group_indices(pa.array(keys))] == expected
 
 
+def test_split_hashes_the_utf8_bytes_of_salt_and_key() -> None:
+    split = Split.model_validate({"salt": "xuân-2026", "groups": {"a": 50, "b": 50}})
+    keys = [f"khách-Đức-{i}" for i in range(2_000)] + ["", "😀", "a\x1fb"]
+    names = list(split.groups)
+    assert [names[i] for i in split.group_indices(keys)] == [_group_by_the_definition(split, k) for k in keys]
+
+
 @pytest.mark.parametrize(
     ("groups", "message"),
     [({"a": 50, "b": 40}, "add up to 100"), ({"a": 100, "b": 0}, "above 0"), ({"A b": 50, "c": 50}, "lower-case")],
