@@ -565,6 +565,29 @@ def test_latest_source_and_survey_answer_at_the_same_instant_go_to_the_smaller_v
         assert feats.loc["TIE", "nps_latest"] == 7 and feats.loc["TIE", "csat_latest"] == 3
 
 
+def test_first_page_and_latest_source_come_from_their_own_instants_across_sessions(tmp_path: Path) -> None:
+    """The earliest page view and the latest sourced event sit in different sessions; at each instant two
+    events tie and the smaller value wins. Events without a value at a later instant, or of another kind at
+    an earlier one, must not take over."""
+    rows = [
+        ("PG", "session_start", 1, local(9), "https://shop.vn/zz", None, "Chrome"),  # earlier, not a page view
+        ("PG", "page_view", 1, local(8), "https://shop.vn/b", None, "Chrome"),
+        ("PG", "page_view", 2, local(8), "https://shop.vn/a", None, "Chrome"),  # same instant, other session
+        ("PG", "view_item", 2, local(8), "https://shop.vn/0", None, "Chrome"),  # same instant, not a page view
+        ("PG", "page_view", 2, local(3), "https://shop.vn/c", None, "Chrome"),
+        ("PG", "view_item", 3, local(1), "https://shop.vn/p", None, "Chrome"),
+        ("PG", "view_item", 4, local(1), "https://shop.vn/q", None, "Chrome"),
+        ("PG", "page_view", 5, local(0, 9), "https://shop.vn/d", None, "Chrome"),  # latest, but no source
+    ]
+    web = web_frame(rows)
+    web["traffic_source"] = ["organic", "organic", "organic", "organic", "organic", "zalo", "email", None]
+    for attempt in range(2):  # the same answer on every run
+        (tmp_path / str(attempt)).mkdir()
+        feats = compute(tmp_path / str(attempt), contacts_frame([contact("PG")]), orders_frame([]), web)
+        assert feats.loc["PG", "first_page"] == "https://shop.vn/a"
+        assert feats.loc["PG", "traffic_source"] == "email"
+
+
 def test_profile_without_a_key_is_not_a_buyer_in_the_rfm_tiles(tmp_path: Path) -> None:
     """Five buyers with 1..5 orders get f_scores 1..5; a keyless profile's orders must not take a tile."""
     rows = [(f"B{n}", f"B{n}-{i}", local(i), 10, 0, None) for n in range(1, 6) for i in range(n)]
